@@ -1,0 +1,343 @@
+"""``gendsl.scan``: loops whose random choices are traced once, as one ``lax.scan``.
+
+A Python ``for`` loop over ``sample`` calls unrolls into one site per step: a
+1,000-step chain becomes 1,000 sites and a 1,000-fold larger program.
+``gendsl.scan(name, body, init, xs)`` instead traces ``body`` once inside
+``lax.scan``. The site ``"x"`` of the body gets the indexed address
+``"name/x"``; its value and log density are stacked along a leading step axis.
+
+How it interacts with the handler stack:
+
+* Inside the loop, a ``_ScanFrame`` handler sits on top of the stack and stops
+  every message: handlers outside the loop must not see (and store) values that
+  only exist inside ``lax.scan``. The frame itself plays the part of the outer
+  handlers that provide values or metadata: it asks each outer
+  ``substitute``/``condition``/``replay``/``block``/``strategy``/``infer_config``
+  handler about the full address (``"name/x"``) and slices stacked data at the
+  current step. Step ``t`` draws with ``fold_in(loop_key, t)``, then per address.
+* After the loop, each site is sent once through the outer stack with its
+  stacked value and log density ("replayed"), so that ``trace``, ``scale``,
+  ``mask``, enclosing plates and NumPyro's inference see an ordinary site.
+  Replayed messages carry ``_control_flow_done`` so that NumPyro's
+  ``substitute``/``condition`` do not apply a second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.handlers as nh
+from numpyro.distributions import Distribution
+from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
+
+from gendsl._address import join, site_key
+from gendsl._errors import AddressError, GendslError, NoKeyError
+from gendsl._model import RequireValues, missing_choice
+from gendsl._seed import strategy as _strategy
+from gendsl._trace import _check_observation
+
+__all__ = ["scan"]
+
+
+def scan(
+    name: str,
+    body: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    xs: Any = None,
+    length: int | None = None,
+    *,
+    unroll: int = 1,
+) -> tuple[Any, Any]:
+    """A loop over ``jax.lax.scan`` whose sample sites get indexed addresses.
+
+    Args:
+        name: the loop's address; the body's site ``"x"`` becomes ``"name/x"``.
+        body: ``(carry, x) -> (carry, y)``, as for ``lax.scan``; may call
+            ``sample``, ``plate``, ``deterministic`` and nested ``scan``.
+        init: the initial carry.
+        xs: per-step inputs (leading axis = steps), or None.
+        length: the number of steps when ``xs`` is None.
+        unroll: passed to ``lax.scan``.
+
+    Returns:
+        ``(final_carry, stacked_ys)``, as ``lax.scan``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> @gendsl.model
+        ... def walk(n):
+        ...     def step(x, _):
+        ...         x = gendsl.sample("x", dist.Normal(x, 1.0))
+        ...         return x, x
+        ...     return gendsl.scan("walk", step, 0.0, length=n)[1]
+        >>> tr = walk.simulate(jax.random.key(0), 1000)
+        >>> tr.choices["walk/x"].shape
+        (1000,)
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"scan: expected a non-empty str address, got {name!r}")
+    n = _length(name, xs, length)
+    outer = list(reversed(_PYRO_STACK))  # innermost first, as apply_stack visits them
+    key = _loop_key(name)
+    sites: dict[str, dict] = {}  # static metadata of the body's sites, filled while tracing
+
+    def step(carry, inputs):
+        t, x = inputs
+        step_key = None if key is None else jax.random.fold_in(key, t)
+        frame = _ScanFrame(name, t, step_key, outer, sites)
+        with frame:
+            carry, y = body(carry, x)
+        return carry, (y, frame.values, frame.log_probs)
+
+    steps = jnp.arange(n)
+    carry, (ys, values, log_probs) = jax.lax.scan(
+        step, init, (steps, xs), length=n, unroll=unroll
+    )
+    for site, meta in sites.items():
+        _replay_site(name, site, meta, values[site], log_probs.get(site))
+    return carry, ys
+
+
+def _length(name: str, xs: Any, length: int | None) -> int:
+    leaves = jax.tree_util.tree_leaves(xs)
+    if length is None and not leaves:
+        raise ValueError(f"scan '{name}': give xs (per-step inputs) or length=number of steps")
+    if leaves:
+        n = jnp.shape(leaves[0])[0]
+        if length is not None and length != n:
+            raise ValueError(f"scan '{name}': length={length} but xs has {n} steps")
+        return n
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"scan '{name}': length must be a positive int, got {length!r}")
+    return length
+
+
+def _loop_key(name: str) -> jax.Array | None:
+    if not _PYRO_STACK:
+        return None
+    msg = {
+        "type": "prng_key",
+        "gendsl_address": name,
+        "fn": lambda rng_key: rng_key,
+        "args": (),
+        "kwargs": {"rng_key": None},
+        "value": None,
+    }
+    return apply_stack(msg)["value"]
+
+
+class _Stacked:
+    """A value taken from data keyed by full address: it still has loop axes."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _resolve(handlers: list, probe: dict) -> None:
+
+    """Let the outer value/metadata providers act on ``probe`` (innermost first)."""
+    address = probe["name"]
+    for h in handlers:
+        if isinstance(h, _ScanFrame):
+            h.resolve_outer(probe)
+            return
+        if isinstance(h, nh.block):
+            if h.hide_fn(probe):
+                return
+        elif isinstance(h, nh.substitute):
+            if h.data is not None:
+                if address in h.data:
+                    probe["value"] = _Stacked(h.data[address])
+            elif h.substitute_fn is not None:
+                value = h.substitute_fn(probe)
+                if value is not None:
+                    probe["value"] = value
+        elif isinstance(h, nh.condition):
+            value = None
+            if h.data is not None:
+                if address in h.data:
+                    value = _Stacked(h.data[address])
+            elif h.condition_fn is not None:
+                value = h.condition_fn(probe)
+            if value is not None:
+                probe["value"] = value
+                probe["is_observed"] = True
+        elif isinstance(h, nh.replay):
+            site = h.trace.get(address)
+            if site is not None and site["type"] == "sample" and not probe["is_observed"]:
+                probe["value"] = _Stacked(site["value"])
+        elif isinstance(h, (_strategy, nh.infer_config)):
+            h.process_message(probe)
+        elif isinstance(h, RequireValues):
+            if probe["value"] is None and not probe["is_observed"]:
+                raise missing_choice(address)
+
+
+class _ScanFrame(Messenger):
+    """Handles the messages of one loop step; see the module docstring."""
+
+    def __init__(self, prefix, t, key, outer, sites) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.t = t
+        self.key = key
+        self.outer = outer
+        self.sites = sites
+        self.values: dict[str, Any] = {}
+        self.log_probs: dict[str, jax.Array] = {}
+        self._unnamed = 0
+
+    def resolve_outer(self, probe: dict) -> None:
+        """Resolve a probe from a nested loop: prefix it, ask our outer handlers, slice."""
+        inner_name = probe["name"]
+        probe["name"] = join(self.prefix, inner_name)
+        _resolve(self.outer, probe)
+        probe["name"] = inner_name
+        if isinstance(probe["value"], _Stacked):
+            probe["value"] = _Stacked(probe["value"].value[self.t])
+
+    def process_message(self, msg) -> None:
+        kind = msg["type"]
+        msg["stop"] = True  # nothing inside the loop may reach the outer handlers
+        if kind == "sample":
+            self._process_sample(msg)
+        elif kind in ("prng_key", "plate", "control_flow"):
+            if msg["kwargs"].get("rng_key") is None and msg.get("value") is None:
+                address = msg.get("gendsl_address") or msg.get("name")
+                if address is None:
+                    address = f"#{kind}{self._unnamed}"
+                    self._unnamed += 1
+                if self.key is not None:
+                    msg["kwargs"]["rng_key"] = site_key(self.key, address)
+        elif kind == "param":
+            raise GendslError(
+                f"param '{msg['name']}' is created inside scan '{self.prefix}'; create "
+                "parameters (gendsl.param / gendsl.module) before the loop and close over them"
+            )
+
+    def _process_sample(self, msg) -> None:
+        address = join(self.prefix, msg["name"])
+        if msg.get("_control_flow_done"):
+            return  # a nested loop's replayed site: value already final
+        probe = {
+            "type": "sample",
+            "name": address,
+            "fn": msg["fn"],
+            "args": (),
+            "kwargs": msg["kwargs"],
+            "value": None,
+            "is_observed": msg["is_observed"],
+            "infer": dict(msg["infer"]),
+            "cond_indep_stack": msg["cond_indep_stack"],
+        }
+        _resolve(self.outer, probe)
+        value = probe["value"]
+        if isinstance(value, _Stacked):
+            value = value.value[self.t]
+        if value is not None:
+            msg["value"] = value
+            msg["is_observed"] = probe["is_observed"]
+        msg["infer"] = probe["infer"]
+        if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
+            if self.key is None:
+                raise NoKeyError(
+                    f"sample site '{address}' needs a random key but none is in scope: use "
+                    "model.simulate(key, ...) or gendsl.handlers.seed"
+                )
+            msg["kwargs"]["rng_key"] = site_key(self.key, msg["name"])
+        if msg["is_observed"]:
+            _check_observation(address, msg["value"], msg["fn"])
+
+    def postprocess_message(self, msg) -> None:
+        kind = msg["type"]
+        if kind not in ("sample", "deterministic"):
+            return
+        name = msg["name"]
+        if name in self.values:
+            raise AddressError(
+                f"address '{join(self.prefix, name)}' is used by two sites in one step of "
+                f"scan '{self.prefix}'; give each site of the loop body a unique name"
+            )
+        self.values[name] = msg["value"]
+        if kind == "deterministic":
+            self.sites.setdefault(name, {"type": "deterministic"})
+            return
+        fn = msg["fn"]
+        lp = fn.log_prob(msg["value"])
+        if msg.get("scale") is not None:
+            lp = lp * msg["scale"]
+        self.log_probs[name] = lp
+        self.sites.setdefault(
+            name,
+            {
+                "type": "sample",
+                "is_observed": msg["is_observed"],
+                "infer": dict(msg["infer"]),
+                "support": fn.support,
+            },
+        )
+
+
+class ScanSite(Distribution):
+    """The distribution of a replayed loop site: its stacked per-step log density.
+
+    ``log_prob`` returns the log density computed inside the loop, where each
+    step's distribution depended on earlier steps; it is only meaningful at the
+    value the loop used, which is the value the replayed site carries.
+    """
+
+    pytree_data_fields = ("value", "step_log_prob")
+    pytree_aux_fields = ("_support",)
+
+    def __init__(self, value, step_log_prob, support):
+        self.value = value
+        self.step_log_prob = step_log_prob
+        self._support = support
+        batch_ndim = jnp.ndim(step_log_prob)
+        shape = jnp.shape(value)
+        super().__init__(batch_shape=shape[:batch_ndim], event_shape=shape[batch_ndim:])
+
+    @property
+    def support(self):
+        return self._support
+
+    def sample(self, key, sample_shape=()):
+        return jnp.broadcast_to(self.value, tuple(sample_shape) + jnp.shape(self.value))
+
+    def log_prob(self, value):
+        return self.step_log_prob
+
+
+def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any) -> None:
+    """Send one loop site, stacked over steps, through the handlers outside the loop."""
+    if not _PYRO_STACK:
+        return
+    address = join(loop, name)
+    if meta["type"] == "deterministic":
+        msg = {
+            "type": "deterministic",
+            "name": address,
+            "value": value,
+            "cond_indep_stack": [],
+            "_control_flow_done": True,
+        }
+        apply_stack(msg)
+        return
+    msg = {
+        "type": "sample",
+        "name": address,
+        "fn": ScanSite(value, log_prob, meta["support"]),
+        "args": (),
+        "kwargs": {"rng_key": None, "sample_shape": ()},
+        "value": value,
+        "scale": None,
+        "is_observed": meta["is_observed"],
+        "intermediates": [],
+        "cond_indep_stack": [],
+        "infer": dict(meta["infer"], loop=loop),
+        "_control_flow_done": True,
+    }
+    apply_stack(msg)

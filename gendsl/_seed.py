@@ -1,0 +1,127 @@
+"""Address-based seeding and site annotation handlers.
+
+Both are NumPyro ``Messenger`` subclasses, so they sit on the same handler stack
+as ``numpyro.handlers`` and compose with them in either order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from numpyro.primitives import Messenger
+
+from gendsl._address import as_key, site_key
+
+__all__ = ["seed", "strategy"]
+
+_KEYED_TYPES = ("sample", "prng_key", "plate", "control_flow")
+
+
+class seed(Messenger):
+    """Give every site that needs randomness a key derived from its address.
+
+    Unlike ``numpyro.handlers.seed``, which hands out keys by splitting in program
+    order, the key of site ``a`` is ``fold_in(key, hash(a))``. Re-running the
+    program with other sites changed or substituted therefore reproduces the
+    draw at ``a`` exactly.
+
+    Args:
+        fn: the function to seed (optional; also usable as a context manager).
+        key: a PRNG key (``jax.random.key(0)``) or an int seed.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> def f():
+        ...     return gendsl.sample("z", dist.Normal(0.0, 1.0))
+        >>> a = gendsl.handlers.seed(f, key=jax.random.key(0))()
+        >>> b = gendsl.handlers.seed(f, key=jax.random.key(0))()
+        >>> bool(a == b)
+        True
+    """
+
+    def __init__(self, fn: Callable | None = None, key: Any = None) -> None:
+        if key is None:
+            raise TypeError("seed() needs key=jax.random.key(...) or an int seed")
+        self.key = as_key(key)
+        self._unnamed = 0
+        super().__init__(fn)
+
+    def __enter__(self):
+        self._unnamed = 0  # restart so each call of a seeded function is reproducible
+        return super().__enter__()
+
+    def process_message(self, msg) -> None:
+        if msg["type"] not in _KEYED_TYPES:
+            return
+        if msg["kwargs"].get("rng_key") is not None or msg.get("value") is not None:
+            return
+        address = msg.get("gendsl_address")
+        if address is None:
+            if msg["type"] in ("prng_key", "control_flow"):
+                # numpyro.prng_key() carries no name: fall back to program order.
+                address = f"#{msg['type']}{self._unnamed}"
+                self._unnamed += 1
+            elif msg["type"] == "plate":
+                address = f"#plate/{msg['name']}"
+            else:
+                address = msg["name"]
+        msg["kwargs"]["rng_key"] = site_key(self.key, address)
+
+
+class strategy(Messenger):
+    """Attach a gradient strategy (or any metadata) to sites, by address pattern.
+
+    The core only stores the value in ``msg["infer"]["strategy"]``;
+    ``gendsl.inference`` gives it meaning. A handler applied from outside a model
+    overrides the ``strategy=`` written in the model's ``sample`` call, so a user
+    can switch estimators without editing the model. Among nested handlers the
+    outermost wins, as with NumPyro's ``substitute``.
+
+    Args:
+        fn: the model or function to annotate.
+        rules: a mapping from address patterns (``fnmatch`` syntax: ``"z"``,
+            ``"chain/*"``) to strategies, or a callable ``address -> strategy | None``.
+            An exact address match takes precedence over patterns; otherwise the
+            first matching pattern in insertion order applies.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> @gendsl.model
+        ... def m():
+        ...     gendsl.sample("z", dist.Bernoulli(0.3))
+        >>> import numpyro
+        >>> annotated = gendsl.handlers.strategy(m, rules={"z": "enum"})
+        >>> tr = numpyro.handlers.trace(gendsl.handlers.seed(annotated, key=0)).get_trace()
+        >>> tr["z"]["infer"]["strategy"]
+        'enum'
+    """
+
+    def __init__(
+        self,
+        fn: Callable | None = None,
+        rules: Mapping[str, Any] | Callable[[str], Any] | None = None,
+    ) -> None:
+        if rules is None:
+            raise TypeError("strategy() needs rules={pattern: strategy} or a callable")
+        self.rules = rules
+        super().__init__(fn)
+
+    def lookup(self, address: str) -> Any:
+        """The strategy this handler assigns to ``address``, or None."""
+        if callable(self.rules):
+            return self.rules(address)
+        if address in self.rules:
+            return self.rules[address]
+        for pattern, value in self.rules.items():
+            if fnmatch.fnmatchcase(address, pattern):
+                return value
+        return None
+
+    def process_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        value = self.lookup(msg["name"])
+        if value is not None:
+            msg["infer"]["strategy"] = value

@@ -1,0 +1,176 @@
+"""The execution trace of a model, and the handler that records it.
+
+A ``Trace`` is an ``equinox.Module`` and therefore a JAX pytree: it can be
+returned from ``jit``, stacked by ``vmap`` and passed through ``lax.scan``. Which
+sites are observed is static metadata, so it survives those transformations
+unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.primitives import Messenger
+
+from gendsl._errors import AddressError, NoKeyError, ObservationError
+
+__all__ = ["Trace"]
+
+
+class Trace(eqx.Module):
+    """What one execution of a model did.
+
+    Attributes:
+        choices: value of every sample site by address, latent and observed.
+            Sites inside ``gendsl.scan`` have addresses ``"loop/site"`` and a
+            leading axis indexed by the step.
+        log_probs: log density of every sample site by address, summed over
+            event dimensions, with plate subsampling scale and masks applied.
+        retval: the model's return value.
+        deterministics: values of ``gendsl.deterministic`` sites.
+        params: values of ``gendsl.param`` / ``gendsl.module`` sites.
+        observed: addresses of observed sites (static).
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> @gendsl.model
+        ... def m():
+        ...     z = gendsl.sample("z", dist.Normal(0.0, 1.0))
+        ...     gendsl.sample("x", dist.Normal(z, 1.0), obs=0.5)
+        >>> tr = m.simulate(jax.random.key(0))
+        >>> bool(tr.score == tr.log_probs["z"] + tr.log_probs["x"])
+        True
+    """
+
+    choices: dict[str, Any]
+    log_probs: dict[str, jax.Array]
+    retval: Any
+    deterministics: dict[str, Any]
+    params: dict[str, Any]
+    observed: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def score(self) -> jax.Array:
+        """Total log density ``log p(choices)`` of the execution."""
+        total = jnp.zeros(())
+        for lp in self.log_probs.values():
+            total = total + jnp.sum(lp)
+        return total
+
+    @property
+    def latents(self) -> dict[str, Any]:
+        """The choices of the unobserved sites."""
+        return {k: v for k, v in self.choices.items() if k not in self.observed}
+
+    def site_score(self, address: str) -> jax.Array:
+        """Total log density of the site at ``address``."""
+        return jnp.sum(self.log_probs[_known(address, self.log_probs)])
+
+
+def _known(address: str, table: dict) -> str:
+    if address not in table:
+        raise AddressError(f"no site '{address}' in this trace; it has {sorted(table)}")
+    return address
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+class Recorder(Messenger):
+    """Records sample, param and deterministic sites; checks them on the way.
+
+    Sits outermost in gendsl's entry points, so it sees each message after
+    plates have broadcast the distribution and after substitution and seeding.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, Any] = {}
+        self.log_probs: dict[str, jax.Array] = {}
+        self.observed: list[str] = []
+        self.deterministics: dict[str, Any] = {}
+        self.params: dict[str, Any] = {}
+        self.infer: dict[str, dict] = {}
+        self.fns: dict[str, Any] = {}
+
+    def process_message(self, msg) -> None:
+        if msg["type"] != "sample":
+            return
+        name = msg["name"]
+        if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
+            raise NoKeyError(
+                f"sample site '{name}' needs a random key but none is in scope: use "
+                "model.simulate(key, ...) / model.generate(key, ...), or wrap it in "
+                "gendsl.handlers.seed(fn, key=...)"
+            )
+        if msg["is_observed"] and msg["value"] is not None:
+            _check_observation(name, msg["value"], msg["fn"])
+
+    def postprocess_message(self, msg) -> None:
+        kind = msg["type"]
+        name = msg.get("name")
+        if kind == "param":
+            self.params[name] = msg["value"]
+            return
+        if kind == "deterministic":
+            self._claim(name)
+            self.deterministics[name] = msg["value"]
+            return
+        if kind != "sample":
+            return
+        self._claim(name)
+        value = msg["value"]
+        lp = msg["fn"].log_prob(value)
+        if msg.get("scale") is not None:
+            lp = lp * msg["scale"]
+        self.values[name] = value
+        self.log_probs[name] = lp
+        self.infer[name] = dict(msg.get("infer") or {})
+        self.fns[name] = msg["fn"]
+        if msg["is_observed"]:
+            self.observed.append(name)
+
+    def _claim(self, name: str) -> None:
+        if name in self.values or name in self.deterministics:
+            raise AddressError(
+                f"address '{name}' is used by two sites in one execution; give each site a "
+                f"unique name (e.g. f'{name}_{{i}}' in a Python loop) or use gendsl.scan "
+                "for loops, which indexes addresses by step"
+            )
+
+    def trace(self, retval: Any) -> Trace:
+        return Trace(
+            choices=dict(self.values),
+            log_probs=dict(self.log_probs),
+            retval=retval,
+            deterministics=dict(self.deterministics),
+            params=dict(self.params),
+            observed=tuple(self.observed),
+        )
+
+
+def _check_observation(name: str, value: Any, fn: Any) -> None:
+    shape = tuple(jnp.shape(value))
+    dist_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    try:
+        jnp.broadcast_shapes(shape, dist_shape)
+    except ValueError:
+        raise ObservationError(
+            f"observed site '{name}': value of shape {shape} does not broadcast with the "
+            f"distribution's shape {dist_shape} (batch {tuple(fn.batch_shape)}, event "
+            f"{tuple(fn.event_shape)}); reshape the data or fix the plate / .to_event() "
+            "of the distribution"
+        ) from None
+    if _is_concrete(value):
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.isfinite(arr).sum())
+            raise ObservationError(
+                f"observed site '{name}': {bad} of {arr.size} values are NaN or infinite; "
+                "clean the data or mask the missing entries with gendsl.handlers.mask"
+            )

@@ -1,0 +1,1 @@
+"""Variational inference, estimators and training for gendsl models (installed as gendsl.inference)."""

@@ -1,0 +1,1 @@
+"""Models from the literature written as gendsl programs (installed as gendsl.models)."""
