@@ -180,7 +180,7 @@ class Model:
         _check_mapping("bind(params)", params)
         return Model(nh.substitute(self.fn, data=dict(params)))
 
-    def vmap(self, in_axes: int | None | tuple = 0, *, axis_size: int | None = None,
+    def vmap(self, in_axes: int | tuple | None = 0, *, axis_size: int | None = None,
              constraints_axis: int | None = None) -> VmapModel:
         """A vectorized model: many independent executions as one batched program.
 
@@ -229,7 +229,7 @@ class VmapModel:
     def _size(self, args: tuple, axes: tuple) -> int:
         if self.axis_size is not None:
             return self.axis_size
-        for arg, axis in zip(args, axes):
+        for arg, axis in zip(args, axes, strict=False):
             if axis is not None:
                 leaves = jax.tree_util.tree_leaves(arg)
                 if leaves:

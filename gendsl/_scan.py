@@ -171,9 +171,8 @@ def _resolve(handlers: list, probe: dict) -> None:
                 probe["value"] = _Stacked(site["value"])
         elif isinstance(h, (_strategy, nh.infer_config)):
             h.process_message(probe)
-        elif isinstance(h, RequireValues):
-            if probe["value"] is None and not probe["is_observed"]:
-                raise missing_choice(address)
+        elif isinstance(h, RequireValues) and probe["value"] is None and not probe["is_observed"]:
+            raise missing_choice(address)
 
 
 class _ScanFrame(Messenger):

@@ -33,6 +33,8 @@ class Trace(eqx.Module):
         retval: the model's return value.
         deterministics: values of ``gendsl.deterministic`` sites.
         params: values of ``gendsl.param`` / ``gendsl.module`` sites.
+        score: total log density ``log p(choices)`` of the execution (one
+            number per execution, so a vmapped trace has one per batch entry).
         observed: addresses of observed sites (static).
 
     Example:
@@ -51,15 +53,8 @@ class Trace(eqx.Module):
     retval: Any
     deterministics: dict[str, Any]
     params: dict[str, Any]
+    score: jax.Array
     observed: tuple[str, ...] = eqx.field(static=True)
-
-    @property
-    def score(self) -> jax.Array:
-        """Total log density ``log p(choices)`` of the execution."""
-        total = jnp.zeros(())
-        for lp in self.log_probs.values():
-            total = total + jnp.sum(lp)
-        return total
 
     @property
     def latents(self) -> dict[str, Any]:
@@ -67,7 +62,7 @@ class Trace(eqx.Module):
         return {k: v for k, v in self.choices.items() if k not in self.observed}
 
     def site_score(self, address: str) -> jax.Array:
-        """Total log density of the site at ``address``."""
+        """Total log density of the site at ``address`` (of an unbatched trace)."""
         return jnp.sum(self.log_probs[_known(address, self.log_probs)])
 
 
@@ -144,7 +139,11 @@ class Recorder(Messenger):
             )
 
     def trace(self, retval: Any) -> Trace:
+        score = jnp.zeros(())
+        for lp in self.log_probs.values():
+            score = score + jnp.sum(lp)
         return Trace(
+            score=score,
             choices=dict(self.values),
             log_probs=dict(self.log_probs),
             retval=retval,

@@ -10,5 +10,5 @@ Example:
     -0.918...
 """
 
-from numpyro.distributions import *  # noqa: F401,F403
+from numpyro.distributions import *  # noqa: F403
 from numpyro.distributions import constraints, transforms  # noqa: F401
