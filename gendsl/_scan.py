@@ -221,6 +221,10 @@ class _ScanFrame(Messenger):
         address = join(self.prefix, msg["name"])
         if msg.get("_control_flow_done"):
             return  # a nested loop's replayed site: value already final
+        # The key comes first: value providers such as NumPyro's init strategies
+        # sample from the site's distribution and need it.
+        if msg["value"] is None and msg["kwargs"].get("rng_key") is None and self.key is not None:
+            msg["kwargs"]["rng_key"] = site_key(self.key, msg["name"])
         probe = {
             "type": "sample",
             "name": address,
@@ -229,7 +233,9 @@ class _ScanFrame(Messenger):
             "kwargs": msg["kwargs"],
             "value": None,
             "is_observed": msg["is_observed"],
-            "infer": dict(msg["infer"]),
+            # NumPyro's substitute_fn-based reparameterizers read this to slice a
+            # stacked value at the current step (as for numpyro's own scan).
+            "infer": {**msg["infer"], "_scan_current_index": self.t},
             "cond_indep_stack": msg["cond_indep_stack"],
         }
         _resolve(self.outer, probe)
@@ -239,14 +245,14 @@ class _ScanFrame(Messenger):
         if value is not None:
             msg["value"] = value
             msg["is_observed"] = probe["is_observed"]
+        probe["infer"].pop("_scan_current_index", None)
         msg["infer"] = probe["infer"]
+        msg["gendsl_stop_gradient"] = probe.get("stop_gradient", False)
         if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
-            if self.key is None:
-                raise NoKeyError(
-                    f"sample site '{address}' needs a random key but none is in scope: use "
-                    "model.simulate(key, ...) or gendsl.handlers.seed"
-                )
-            msg["kwargs"]["rng_key"] = site_key(self.key, msg["name"])
+            raise NoKeyError(
+                f"sample site '{address}' needs a random key but none is in scope: use "
+                "model.simulate(key, ...) or gendsl.handlers.seed"
+            )
         if msg["is_observed"]:
             _check_observation(address, msg["value"], msg["fn"])
 
@@ -255,6 +261,8 @@ class _ScanFrame(Messenger):
         if kind not in ("sample", "deterministic"):
             return
         name = msg["name"]
+        if msg.get("gendsl_stop_gradient"):
+            msg["value"] = jax.lax.stop_gradient(msg["value"])
         if name in self.values:
             raise AddressError(
                 f"address '{join(self.prefix, name)}' is used by two sites in one step of "

@@ -1,0 +1,438 @@
+"""Objectives as programs: ``sim``, ``density``, ``repeat``, ``expectation``.
+
+An objective is a Python function ``F(params, *args) -> scalar`` that draws
+from models with ``sim`` and scores choices with ``density``. ``expectation(F)``
+stands for ``E[F]`` over every random choice ``sim`` makes, and derives an
+unbiased estimator of its gradient from each site's strategy.
+
+How the gradient estimator is derived (a surrogate whose gradient is unbiased):
+
+* REPARAM sites keep the pathwise gradient of their value.
+* REINFORCE sites are stopped; the surrogate adds ``(log q - sg(log q)) * sg(F - b)``
+  (the DiCE "magic box" at first order, with a baseline ``b``).
+* ENUM and MVD sites are handled by *re-execution*: the objective is run again
+  with the site's value substituted (vmapped over the substitutions). Keys are
+  derived from addresses, so a re-execution reproduces every draw made before
+  the site exactly: it is the continuation of the program at that site. An
+  unbatched ENUM site is summed exactly, ``sum_k q(k) S(z = k)``; a batched one,
+  and every MVD site, adds ``sum_j c_j * sg(F_j)`` over its branches
+  (see ``_branches``).
+
+Everything is traced once, so the estimator runs under ``jit``, ``vmap`` and
+``lax.scan`` like any JAX function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from gendsl.inference._branches import branches, enumerate_values
+from gendsl.inference._strategies import Enum, EstimatorError, MeasureValued, Reinforce, Reparam, resolve
+from numpyro.primitives import Messenger
+
+import gendsl
+from gendsl._address import address_hash, as_key, join, site_key
+from gendsl._seed import seed
+from gendsl._trace import Recorder
+
+__all__ = ["Expectation", "density", "expectation", "repeat", "sim"]
+
+sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass
+class Override:
+    """Element ``index`` of the site ``address`` replaced by ``value``.
+
+    ``path`` holds the particle indices of enclosing ``repeat`` calls; the
+    override applies in the particle the path names (``active`` tracks that).
+    """
+
+    address: str
+    index: Any
+    value: Any
+    path: tuple = ()
+    active: Any = True
+
+
+@dataclasses.dataclass
+class Branches:
+    address: str
+    index: Any
+    value: Any
+    carrier: Any
+    path: tuple = ()
+
+
+class _Run:
+    """The record of one execution of an objective."""
+
+    def __init__(self, key, overrides, *, prefix="", exact_allowed=True):
+        self.key = key
+        self.overrides = overrides
+        self.prefix = prefix
+        self.exact_allowed = exact_allowed
+        self.reinforce: dict[str, Any] = {}
+        self.strategies: dict[str, Reinforce] = {}
+        self.branches: list[Branches] = []
+        self.exact: list[tuple[str, Any]] = []
+        self.enum_logq: dict[str, Any] = {}
+        self._count = 0
+
+    def child_address(self, kind: str, name: str | None) -> str:
+        if name is None:
+            name = f"{kind}{self._count}"
+            self._count += 1
+        return join(self.prefix, name)
+
+
+_RUNS: list[_Run] = []
+
+
+def _current(what: str) -> _Run:
+    if not _RUNS:
+        raise gendsl.GendslError(
+            f"{what} draws random choices, so it must run inside an objective: wrap the function "
+            "in gendsl.inference.expectation(f) and call .estimate(key, ...) or .grad(key, ...)"
+        )
+    return _RUNS[-1]
+
+
+class _active:
+    def __init__(self, run):
+        self.run = run
+
+    def __enter__(self):
+        _RUNS.append(self.run)
+
+    def __exit__(self, *exc):
+        _RUNS.remove(self.run)
+
+
+def sim(model, *, name: str | None = None) -> Callable[..., tuple[dict, jax.Array]]:
+    """Sample a model inside an objective: ``sim(model)(*args) -> (choices, log_density)``.
+
+    Every latent site is drawn with its gradient strategy. The log density is
+    ``log q(choices)``, differentiable in the model's parameters.
+
+    Args:
+        model: a ``gendsl.Model`` (or a NumPyro model function).
+        name: the address of this draw within the objective (default: ``sim0``,
+            ``sim1``, ... in program order).
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import expectation, sim
+        >>> @gendsl.model
+        ... def q(mu):
+        ...     gendsl.sample("z", dist.Normal(mu, 1.0))
+        >>> mean_z = expectation(lambda mu: sim(q)(mu)[0]["z"])
+        >>> float(mean_z.grad(jax.random.key(0), 0.5))
+        1.0
+    """
+    model = gendsl.model(model)
+
+    def run(*args, **kwargs):
+        ctx = _current("sim(model)")
+        address = ctx.child_address("sim", name)
+        rec = Recorder()
+        with _SimSites(ctx, address), rec, seed(key=site_key(ctx.key, address)):
+            retval = model.fn(*args, **kwargs)
+        tr = rec.trace(retval)
+        return tr.latents, tr.score
+
+    return run
+
+
+def density(model) -> Callable[..., jax.Array]:
+    """The log density of given choices: ``density(model)(choices, *args)``.
+
+    Deterministic and differentiable (in the choices and the parameters); the
+    same as ``model.assess``.
+
+    Example:
+        >>> import gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import density
+        >>> @gendsl.model
+        ... def p():
+        ...     gendsl.sample("z", dist.Normal(0.0, 1.0))
+        >>> round(float(density(p)({"z": 0.0})), 4)
+        -0.9189
+    """
+    model = gendsl.model(model)
+    return model.assess
+
+
+def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
+    """``n`` independent executions of ``fn`` inside an objective, vectorized.
+
+    ``repeat(n, f)(*args)`` returns ``f(*args)`` stacked along a new leading
+    axis, each execution with its own randomness (particles). Inside an
+    objective, use it instead of ``jax.vmap`` so that the estimator keeps track
+    of the sites in every particle.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import expectation, repeat, sim
+        >>> @gendsl.model
+        ... def q():
+        ...     gendsl.sample("z", dist.Normal(0.0, 1.0))
+        >>> draws = expectation(lambda _: repeat(3, lambda: sim(q)()[0]["z"])().sum())
+        >>> draws.estimate(jax.random.key(0), None).shape
+        ()
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"repeat: n must be a positive int, got {n!r}")
+
+    def run(*args, **kwargs):
+        parent = _current("repeat(n, fn)")
+        address = parent.child_address("repeat", name)
+        base_key = jax.random.fold_in(parent.key, address_hash(address))
+        mine = [o for o in parent.overrides if o.path]
+        static: dict[str, Any] = {}
+
+        def one(i, overrides):
+            child = _Run(jax.random.fold_in(base_key, i), [], prefix=address, exact_allowed=False)
+            child.overrides = [
+                Override(o.address, o.index, o.value, o.path[1:], jnp.logical_and(o.active, o.path[0] == i))
+                for o in overrides
+            ]
+            with _active(child):
+                out = fn(*args, **kwargs)
+            static["strategies"] = child.strategies
+            static["branches"] = [(b.address, len(b.path)) for b in child.branches]
+            return out, child.reinforce, [(b.index, b.value, b.carrier, b.path) for b in child.branches]
+
+        out, reinforce, found = jax.vmap(one, in_axes=(0, None))(jnp.arange(n), mine)
+        for address_, lq in reinforce.items():
+            parent.reinforce[address_] = jnp.sum(lq)
+        parent.strategies.update(static["strategies"])
+        for (address_, _), (index, value, carrier, path) in zip(static["branches"], found, strict=False):
+            particle = jnp.broadcast_to(jnp.arange(n)[:, None], index.shape)
+            flat = [particle.reshape(-1), *(p.reshape(-1) for p in path)]
+            parent.branches.append(
+                Branches(address_, index.reshape(-1), value.reshape(-1), carrier.reshape(-1), tuple(flat))
+            )
+        return out
+
+    return run
+
+
+class _SimSites(Messenger):
+    """Applies each latent site's gradient strategy during ``sim``."""
+
+    def __init__(self, run: _Run, address: str) -> None:
+        super().__init__()
+        self.run = run
+        self.address = address
+
+    def _strategy(self, msg, address):
+        return resolve(msg["infer"].get("strategy"), msg["fn"], address)
+
+    def loop_site(self, probe) -> None:
+        """Called by ``gendsl.scan`` for sites inside a loop body."""
+        if probe["is_observed"]:
+            return
+        address = join(self.address, probe["name"])
+        strategy = self._strategy(probe, address)
+        if isinstance(strategy, (Enum, MeasureValued)):
+            raise EstimatorError(
+                f"site '{address}': {type(strategy).__name__} inside gendsl.scan is not supported yet; "
+                "use REINFORCE (or REPARAM) for loop sites"
+            )
+        if isinstance(strategy, Reinforce):
+            probe["stop_gradient"] = True
+
+    def postprocess_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        address = join(self.address, msg["name"])
+        fn = msg["fn"]
+        strategy = self._strategy(msg, address)
+        if isinstance(strategy, Reparam):
+            return
+        run = self.run
+        value = sg(msg["value"])
+        if isinstance(strategy, Reinforce):
+            msg["value"] = value
+            run.reinforce[address] = jnp.sum(fn.log_prob(value))
+            run.strategies[address] = strategy
+            return
+        mine = [o for o in run.overrides if o.address == address and not o.path]
+        if mine:
+            flat = value.reshape(-1)
+            for o in mine:
+                flat = jnp.where(o.active, flat.at[o.index].set(jnp.asarray(o.value, flat.dtype)), flat)
+            value = flat.reshape(jnp.shape(value))
+            run.enum_logq[address] = jnp.sum(fn.log_prob(value))
+        elif isinstance(strategy, Enum) and run.exact_allowed and jnp.size(value) == 1 and fn.event_shape == ():
+            run.exact.append((address, enumerate_values(address, fn)))
+        else:
+            key = jax.random.fold_in(msg["kwargs"]["rng_key"], 1)
+            index, vals, carrier = branches(address, fn, value, strategy, key)
+            run.branches.append(Branches(address, index, vals, carrier))
+        msg["value"] = value
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _scalar(f) -> jax.Array:
+    f = jnp.asarray(f)
+    if f.shape != ():
+        raise ValueError(
+            f"an objective must return a scalar, got shape {f.shape}; reduce it (e.g. .sum() or .mean())"
+        )
+    return f
+
+
+def _execute(fn, args, kwargs, key, overrides):
+    run = _Run(key, overrides)
+    with _active(run):
+        f = _scalar(fn(*args, **kwargs))
+    return run, f
+
+
+def _baseline(strategy: Reinforce, address, ema, loo):
+    b = strategy.baseline
+    if b is None:
+        return 0.0
+    if b == "ema":
+        return ema.get(address, 0.0)
+    if b == "loo":
+        return 0.0 if loo is None else loo
+    return float(b)
+
+
+def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
+    """``(surrogate, value, score terms)`` of one execution; see the module docstring."""
+    run, f = _execute(fn, args, kwargs, key, overrides)
+    statics.update(run.strategies)
+    if run.exact:
+        address, support = run.exact[0]
+
+        def branch(v):
+            inner = [*overrides, Override(address, 0, v)]
+            s, value, terms, logq = _surrogate(fn, args, kwargs, key, inner, ema, statics)
+            for a, dlq in terms.items():
+                s = s + dlq * sg(value - _baseline(statics[a], a, ema, None))
+            return s, value, logq[address]
+
+        s, values, logq = jax.vmap(branch)(support)
+        weight = jnp.exp(logq)
+        return jnp.sum(weight * s), jnp.sum(weight * values), {}, run.enum_logq
+    s = f
+    for b in run.branches:
+
+        def rerun(index, value, *path, b=b):
+            inner = [*overrides, Override(b.address, index, value, path)]
+            return _execute(fn, args, kwargs, key, inner)[1]
+
+        values = jax.vmap(rerun)(b.index, b.value, *b.path)
+        s = s + jnp.sum(b.carrier * sg(values))
+    terms = {a: lq - sg(lq) for a, lq in run.reinforce.items()}
+    return s, f, terms, run.enum_logq
+
+
+def _estimate(fn, args, kwargs, key, ema, samples):
+    """Mean surrogate and mean value over ``samples`` replicates (LOO baselines across them)."""
+    statics: dict[str, Reinforce] = {}
+    keys = jax.random.split(key, samples)
+
+    def replicate(k):
+        s, value, terms, _ = _surrogate(fn, args, kwargs, k, [], ema, statics)
+        return s, value, terms
+
+    s, values, terms = jax.vmap(replicate)(keys)
+    loo = (jnp.sum(values) - values) / (samples - 1) if samples > 1 else None
+    total = s
+    for address, dlq in terms.items():
+        total = total + dlq * sg(values - _baseline(statics[address], address, ema, loo))
+    return jnp.mean(total), jnp.mean(values), statics
+
+
+class Expectation:
+    """``E[F(params, *args)]`` over the random choices of ``F``; see ``expectation``."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn, updated=[])
+
+    def estimate(self, key, *args, samples: int = 1, **kwargs) -> jax.Array:
+        """An unbiased estimate of the expectation (the mean of ``samples`` draws)."""
+        return _estimate(self.fn, args, kwargs, as_key(key), {}, _check_samples(samples))[1]
+
+    def value_and_grad(self, key, params, *args, samples: int = 1, **kwargs):
+        """Unbiased estimates of the expectation and of its gradient in ``params``.
+
+        Args:
+            key: PRNG key.
+            params: the pytree to differentiate (the first argument of ``F``).
+            *args, **kwargs: further arguments of ``F``.
+            samples: number of independent replicates averaged; with more than
+                one, REINFORCE sites with ``baseline="loo"`` use the others' mean.
+        """
+        value, grads, _ = self.value_and_grad_with_baselines(key, params, *args, samples=samples, **kwargs)
+        return value, grads
+
+    def grad(self, key, params, *args, samples: int = 1, **kwargs):
+        """An unbiased estimate of the gradient in ``params``."""
+        return self.value_and_grad(key, params, *args, samples=samples, **kwargs)[1]
+
+    def value_and_grad_with_baselines(self, key, params, *args, baselines=None, samples: int = 1, **kwargs):
+        """``value_and_grad`` that also threads EMA baselines: returns ``(value, grads, baselines)``."""
+        samples = _check_samples(samples)
+        ema = dict(baselines or {})
+        key = as_key(key)
+
+        def surrogate(p):
+            s, value, statics = _estimate(self.fn, (p, *args), kwargs, key, ema, samples)
+            return s, (value, statics)
+
+        # The static strategy table is filled while tracing; compute it via a closure.
+        table: dict[str, Reinforce] = {}
+
+        def wrapped(p):
+            s, (value, statics) = surrogate(p)
+            table.update(statics)
+            return s, value
+
+        (_, value), grads = jax.value_and_grad(wrapped, has_aux=True)(params)
+        new = dict(ema)
+        for address, strategy in table.items():
+            if strategy.baseline == "ema":
+                old = ema.get(address, value)
+                new[address] = strategy.decay * old + (1 - strategy.decay) * sg(value)
+        return value, grads, new
+
+
+def _check_samples(samples) -> int:
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    return samples
+
+
+def expectation(fn: Callable) -> Expectation:
+    """Mark ``fn``'s expected value as an objective.
+
+    ``fn(params, *args)`` may draw with ``sim`` and ``repeat`` and score with
+    ``density``; the result supports ``estimate``, ``grad`` and
+    ``value_and_grad``, all unbiased and all usable under ``jit``/``vmap``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import expectation, sim, ENUM
+        >>> @gendsl.model
+        ... def q(p):
+        ...     gendsl.sample("b", dist.Bernoulli(p), strategy=ENUM)
+        >>> obj = expectation(lambda p: sim(q)(p)[0]["b"] * 3.0)
+        >>> value, grad = obj.value_and_grad(jax.random.key(0), 0.25)
+        >>> round(float(value), 4), round(float(grad), 4)
+        (0.75, 3.0)
+    """
+    return Expectation(fn)

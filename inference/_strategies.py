@@ -1,0 +1,136 @@
+"""Gradient strategies: how the derivative of an expectation flows through one site.
+
+A strategy is attached to a sample site with ``gendsl.sample(..., strategy=S)``
+or from outside with ``gendsl.handlers.strategy(model, rules={"z*": S})``.
+Strings are accepted as shorthand: ``"reparam"``, ``"reinforce"``, ``"enum"``,
+``"mvd"``.
+
+============  ==========================================================  ==========================
+strategy      gradient                                                     sites
+============  ==========================================================  ==========================
+REPARAM       pathwise, through the sampled value (implicit               ``has_rsample`` (Normal,
+              reparameterization for Gamma, Beta, Dirichlet)               Gamma, Beta, Dirichlet...)
+REINFORCE     score function ``(f - b) ∇ log q`` with a baseline ``b``    any
+ENUM          exact sum over the support for an unbatched site; for a     finite support
+              batched site, the local expectation per element
+MVD           measure-valued derivative (weak derivative pairs)           Bernoulli, Categorical,
+                                                                           Normal, Poisson, Geometric
+============  ==========================================================  ==========================
+
+The default is REPARAM where the distribution supports it, otherwise
+REINFORCE with an exponential-moving-average baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from numpyro.distributions import Distribution
+
+from gendsl import GendslError
+
+__all__ = [
+    "ENUM",
+    "MVD",
+    "REINFORCE",
+    "REPARAM",
+    "Enum",
+    "EstimatorError",
+    "MeasureValued",
+    "Reinforce",
+    "Reparam",
+    "Strategy",
+]
+
+
+class EstimatorError(GendslError, ValueError):
+    """A site's gradient cannot be estimated without bias with the chosen strategy."""
+
+
+class Strategy:
+    """Base class of gradient strategies."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reparam(Strategy):
+    """Pathwise gradient through a reparameterized sample."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reinforce(Strategy):
+    """Score-function gradient with a baseline.
+
+    Args:
+        baseline: ``None`` (no baseline); a number (a constant baseline);
+            ``"ema"`` (exponential moving average of past objective values,
+            carried in the SVI state; zero in a one-off estimate); or ``"loo"``
+            (leave-one-out: the mean of the other replicates when the estimate
+            averages ``samples > 1`` independent replicates). Every one of these
+            is independent of the current sample, so the estimator stays unbiased.
+        decay: the EMA decay.
+
+    Example:
+        >>> from gendsl.inference import Reinforce
+        >>> Reinforce(baseline="loo")
+        Reinforce(baseline='loo', decay=0.9)
+    """
+
+    baseline: Any = "ema"
+    decay: float = 0.9
+
+    def __post_init__(self):
+        ok = self.baseline is None or self.baseline in ("ema", "loo") or isinstance(self.baseline, (int, float))
+        if not ok:
+            raise ValueError(
+                f"Reinforce: baseline must be None, a number, 'ema' or 'loo', got {self.baseline!r}"
+            )
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"Reinforce: decay must be in [0, 1), got {self.decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Enum(Strategy):
+    """Enumerate a finite-support site (exact sum, or local expectation when batched)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureValued(Strategy):
+    """Measure-valued derivative (weak derivative decomposition) of the site."""
+
+
+REPARAM = Reparam()
+REINFORCE = Reinforce()
+ENUM = Enum()
+MVD = MeasureValued()
+
+_NAMES = {"reparam": REPARAM, "reinforce": REINFORCE, "enum": ENUM, "mvd": MVD}
+
+
+def resolve(strategy: Any, fn: Distribution, address: str) -> Strategy:
+    """The strategy to use at ``address``, checked against its distribution."""
+    if strategy is None:
+        return REPARAM if fn.has_rsample else REINFORCE
+    if isinstance(strategy, str):
+        if strategy.lower() not in _NAMES:
+            raise EstimatorError(
+                f"site '{address}': unknown strategy {strategy!r}; use one of {sorted(_NAMES)} "
+                "or a gendsl.inference strategy object"
+            )
+        strategy = _NAMES[strategy.lower()]
+    if not isinstance(strategy, Strategy):
+        raise EstimatorError(
+            f"site '{address}': expected a gradient strategy (REPARAM, REINFORCE, ENUM, MVD), "
+            f"got {strategy!r}"
+        )
+    if isinstance(strategy, Reparam) and not fn.has_rsample:
+        raise EstimatorError(
+            f"site '{address}': REPARAM needs a reparameterizable distribution, but "
+            f"{type(fn).__name__} has none; use strategy=ENUM (finite support), MVD or REINFORCE"
+        )
+    if isinstance(strategy, Enum) and not fn.has_enumerate_support:
+        raise EstimatorError(
+            f"site '{address}': ENUM needs a finite support, {type(fn).__name__} has none; "
+            "use REINFORCE or MVD"
+        )
+    return strategy
