@@ -161,10 +161,14 @@ class Model:
             A dict from parameter name to value (a pytree for modules), the
             explicit parameter pytree that ``bind`` and optax consume.
         """
+        return self.init_with_constraints(key, *args, **kwargs)[0]
+
+    def init_with_constraints(self, key, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``init``, plus each parameter's constraint (``None`` means unconstrained)."""
         rec = Recorder()
         with rec, seed(key=as_key(key)):
             self.fn(*args, **kwargs)
-        return rec.params
+        return rec.params, rec.param_constraints
 
     def bind(self, params: Mapping[str, Any]) -> Model:
         """The same model with its parameters set to ``params``.

@@ -90,6 +90,7 @@ class Recorder(Messenger):
         self.observed: list[str] = []
         self.deterministics: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
+        self.param_constraints: dict[str, Any] = {}
         self.infer: dict[str, dict] = {}
         self.fns: dict[str, Any] = {}
 
@@ -111,6 +112,7 @@ class Recorder(Messenger):
         name = msg.get("name")
         if kind == "param":
             self.params[name] = msg["value"]
+            self.param_constraints[name] = msg["kwargs"].get("constraint")
             return
         if kind == "deterministic":
             self._claim(name)

@@ -19,8 +19,13 @@ from gendsl.inference._strategies import (
     Reparam,
     Strategy,
 )
+from gendsl.inference._svi import SVI, NonFiniteError, SVIRunResult, SVIState
 
 __all__ = [
+    "SVI",
+    "NonFiniteError",
+    "SVIRunResult",
+    "SVIState",
     "ENUM",
     "MVD",
     "REINFORCE",

@@ -25,8 +25,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-from gendsl.inference._strategies import Enum, EstimatorError
 from numpyro import distributions as nd
+
+from gendsl.inference._strategies import Enum, EstimatorError
 
 sg = jax.lax.stop_gradient
 

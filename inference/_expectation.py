@@ -31,14 +31,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from gendsl.inference._branches import branches, enumerate_values
-from gendsl.inference._strategies import Enum, EstimatorError, MeasureValued, Reinforce, Reparam, resolve
 from numpyro.primitives import Messenger
 
 import gendsl
 from gendsl._address import address_hash, as_key, join, site_key
 from gendsl._seed import seed
 from gendsl._trace import Recorder
+from gendsl.inference._branches import branches, enumerate_values
+from gendsl.inference._strategies import Enum, EstimatorError, MeasureValued, Reinforce, Reparam, resolve
 
 __all__ = ["Expectation", "density", "expectation", "repeat", "sim"]
 
@@ -359,9 +359,35 @@ def _estimate(fn, args, kwargs, key, ema, samples):
 class Expectation:
     """``E[F(params, *args)]`` over the random choices of ``F``; see ``expectation``."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, models: tuple = ()) -> None:
         self.fn = fn
+        self.models = tuple(gendsl.model(m) for m in models)
         functools.update_wrapper(self, fn, updated=[])
+
+    def init_params(self, key, *args, **kwargs) -> tuple[dict, dict]:
+        """Initial parameters of the models the objective was declared with, and their constraints.
+
+        Raises:
+            ValueError: two models declare a parameter of the same name, or the
+                objective was declared without models.
+        """
+        if not self.models:
+            raise ValueError(
+                "this objective does not know its models: declare them with "
+                "expectation(f, models=(model, guide)), or pass initial params explicitly"
+            )
+        params, constraints = {}, {}
+        for i, m in enumerate(self.models):
+            p, c = m.init_with_constraints(jax.random.fold_in(as_key(key), i), *args, **kwargs)
+            clash = sorted(set(p) & set(params))
+            if clash:
+                raise ValueError(
+                    f"parameters {clash} are declared by two models of this objective; give the "
+                    "model's and the guide's parameters different names"
+                )
+            params.update(p)
+            constraints.update(c)
+        return params, constraints
 
     def estimate(self, key, *args, samples: int = 1, **kwargs) -> jax.Array:
         """An unbiased estimate of the expectation (the mean of ``samples`` draws)."""
@@ -417,12 +443,17 @@ def _check_samples(samples) -> int:
     return samples
 
 
-def expectation(fn: Callable) -> Expectation:
+def expectation(fn: Callable, *, models: tuple = ()) -> Expectation:
     """Mark ``fn``'s expected value as an objective.
 
     ``fn(params, *args)`` may draw with ``sim`` and ``repeat`` and score with
     ``density``; the result supports ``estimate``, ``grad`` and
     ``value_and_grad``, all unbiased and all usable under ``jit``/``vmap``.
+
+    Args:
+        fn: the integrand, ``fn(params, *args) -> scalar``.
+        models: the models whose parameters ``params`` holds, so that
+            ``init_params`` (and ``SVI.init``) can initialize them.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -435,4 +466,4 @@ def expectation(fn: Callable) -> Expectation:
         >>> round(float(value), 4), round(float(grad), 4)
         (0.75, 3.0)
     """
-    return Expectation(fn)
+    return Expectation(fn, models)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from gendsl.inference._expectation import Expectation, density, expectation, repeat, sim
 
 import gendsl
+from gendsl.inference._expectation import Expectation, density, expectation, repeat, sim
 
 __all__ = ["elbo", "iwelbo"]
 
@@ -50,7 +50,7 @@ def elbo(model, guide, *, beta: float = 1.0) -> Expectation:
         return log_lik - beta * (log_q - log_prior)
 
     objective.__name__ = "elbo" if beta == 1.0 else f"elbo_beta{beta}"
-    return expectation(objective)
+    return expectation(objective, models=(p, q))
 
 
 def iwelbo(model, guide, particles: int) -> Expectation:
@@ -83,7 +83,7 @@ def iwelbo(model, guide, particles: int) -> Expectation:
         return jax.nn.logsumexp(w) - jnp.log(particles)
 
     objective.__name__ = f"iwelbo{particles}"
-    return expectation(objective)
+    return expectation(objective, models=(p, q))
 
 
 def _split_density(p, z, args, kwargs):

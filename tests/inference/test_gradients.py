@@ -11,6 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gendsl
+import gendsl.distributions as dist
 from gendsl.inference import (
     ENUM,
     MVD,
@@ -25,11 +30,6 @@ from gendsl.inference import (
     repeat,
     sim,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import gendsl
-import gendsl.distributions as dist
 from gendsl.testing._checks import assert_unbiased, draw_estimates
 
 N = 4000
