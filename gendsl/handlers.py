@@ -2,7 +2,8 @@
 
 gendsl models run on NumPyro's handler stack, so NumPyro's handlers apply to
 them unchanged and are re-exported here: ``trace``, ``condition``,
-``substitute``, ``replay``, ``block``, ``scale``, ``mask``, ``infer_config``.
+``substitute``, ``replay``, ``block``, ``scale``, ``mask``, ``infer_config``,
+``uncondition``.
 gendsl adds:
 
 * ``seed``: keys derived from each site's *address* rather than from program
@@ -31,6 +32,7 @@ from numpyro.handlers import (
     scale,
     substitute,
     trace,
+    uncondition,
 )
 
 from gendsl._seed import seed, strategy
@@ -46,4 +48,5 @@ __all__ = [
     "strategy",
     "substitute",
     "trace",
+    "uncondition",
 ]

@@ -5,8 +5,20 @@ Objectives are programs built from ``sim``, ``density``, ``repeat`` and
 ``REINFORCE``, ``ENUM``, ``MVD``) and the estimator is derived from them.
 """
 
-from gendsl.inference._expectation import Expectation, density, expectation, repeat, sim
-from gendsl.inference._objectives import elbo, iwelbo
+from gendsl.inference._constructs import Marginal, Normalized, marginal, normalize
+from gendsl.inference._expectation import Expectation, baselines, density, expectation, repeat, sim
+from gendsl.inference._objectives import (
+    diwhvi,
+    elbo,
+    hvi,
+    iwelbo,
+    iwhvi,
+    p_wake,
+    q_wake,
+    renyi,
+    sleep,
+    vimco,
+)
 from gendsl.inference._strategies import (
     ENUM,
     MVD,
@@ -37,9 +49,22 @@ __all__ = [
     "Reinforce",
     "Reparam",
     "Strategy",
+    "Marginal",
+    "Normalized",
+    "baselines",
     "density",
+    "marginal",
+    "normalize",
+    "diwhvi",
     "elbo",
+    "hvi",
     "iwelbo",
+    "iwhvi",
+    "p_wake",
+    "q_wake",
+    "renyi",
+    "sleep",
+    "vimco",
     "expectation",
     "repeat",
     "sim",

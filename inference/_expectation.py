@@ -40,7 +40,7 @@ from gendsl._trace import Recorder
 from gendsl.inference._branches import branches, enumerate_values
 from gendsl.inference._strategies import Enum, EstimatorError, MeasureValued, Reinforce, Reparam, resolve
 
-__all__ = ["Expectation", "density", "expectation", "repeat", "sim"]
+__all__ = ["Expectation", "baselines", "density", "expectation", "repeat", "sim"]
 
 sg = jax.lax.stop_gradient
 
@@ -79,6 +79,8 @@ class _Run:
         self.exact_allowed = exact_allowed
         self.reinforce: dict[str, Any] = {}
         self.strategies: dict[str, Reinforce] = {}
+        self.site_group: dict[str, str] = {}  # site address -> enclosing repeat address
+        self.group_baselines: dict[str, Any] = {}
         self.branches: list[Branches] = []
         self.exact: list[tuple[str, Any]] = []
         self.enum_logq: dict[str, Any] = {}
@@ -135,18 +137,25 @@ def sim(model, *, name: str | None = None) -> Callable[..., tuple[dict, jax.Arra
         >>> float(mean_z.grad(jax.random.key(0), 0.5))
         1.0
     """
+    if hasattr(model, "sim_in_objective"):  # marginal(...), normalize(...)
+        return functools.partial(model.sim_in_objective, name)
     model = gendsl.model(model)
 
     def run(*args, **kwargs):
-        ctx = _current("sim(model)")
-        address = ctx.child_address("sim", name)
-        rec = Recorder()
-        with _SimSites(ctx, address), rec, seed(key=site_key(ctx.key, address)):
-            retval = model.fn(*args, **kwargs)
-        tr = rec.trace(retval)
+        tr = simulate_in_objective(model, name, args, kwargs)
         return tr.latents, tr.score
 
     return run
+
+
+def simulate_in_objective(model, name, args, kwargs) -> gendsl.Trace:
+    """Run ``model`` inside the current objective, each latent site with its strategy."""
+    ctx = _current("sim(model)")
+    address = ctx.child_address("sim", name)
+    rec = Recorder()
+    with _SimSites(ctx, address), rec, seed(key=site_key(ctx.key, address)):
+        retval = model.fn(*args, **kwargs)
+    return rec.trace(retval)
 
 
 def density(model) -> Callable[..., jax.Array]:
@@ -164,6 +173,8 @@ def density(model) -> Callable[..., jax.Array]:
         >>> round(float(density(p)({"z": 0.0})), 4)
         -0.9189
     """
+    if hasattr(model, "density_in_objective"):  # marginal(...): a random, unbiased estimate
+        return model.density_in_objective
     model = gendsl.model(model)
     return model.assess
 
@@ -205,12 +216,15 @@ def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
             with _active(child):
                 out = fn(*args, **kwargs)
             static["strategies"] = child.strategies
+            static["groups"] = child.site_group
             static["branches"] = [(b.address, len(b.path)) for b in child.branches]
             return out, child.reinforce, [(b.index, b.value, b.carrier, b.path) for b in child.branches]
 
         out, reinforce, found = jax.vmap(one, in_axes=(0, None))(jnp.arange(n), mine)
         for address_, lq in reinforce.items():
-            parent.reinforce[address_] = jnp.sum(lq)
+            # Keep one score per particle, so that a per-particle baseline (VIMCO) can pair with it.
+            parent.reinforce[address_] = lq
+            parent.site_group[address_] = static["groups"].get(address_, address)
         parent.strategies.update(static["strategies"])
         for (address_, _), (index, value, carrier, path) in zip(static["branches"], found, strict=False):
             particle = jnp.broadcast_to(jnp.arange(n)[:, None], index.shape)
@@ -221,6 +235,32 @@ def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
         return out
 
     return run
+
+
+def baselines(name: str, values) -> None:
+    """Per-particle baselines for the REINFORCE sites of ``repeat(..., name=name)``.
+
+    Inside an objective, after ``w = repeat(k, f, name=name)()``, call
+    ``baselines(name, b)`` with ``b`` of shape ``(k,)``: the score of every
+    REINFORCE site drawn in particle ``i`` is then paired with ``F - b[i]``
+    instead of its strategy's baseline. ``b[i]`` must not depend on particle
+    ``i``'s draws (for example a leave-one-out function of the others, as in
+    VIMCO), or the estimator is biased; it is stopped from gradients here.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import REINFORCE, baselines, expectation, repeat, sim
+        >>> @gendsl.model
+        ... def q(p):
+        ...     return gendsl.sample("b", dist.Bernoulli(p), strategy=REINFORCE)
+        >>> def f(p):
+        ...     draws = repeat(2, lambda: sim(q)(p)[0]["b"], name="pair")()
+        ...     baselines("pair", jnp.stack([draws[1], draws[0]]))  # the other particle's draw
+        ...     return draws.mean()
+        >>> g = expectation(f).grad(jax.random.key(0), 0.5)
+    """
+    ctx = _current("baselines(...)")
+    ctx.group_baselines[join(ctx.prefix, name)] = sg(jnp.asarray(values))
 
 
 class _SimSites(Messenger):
@@ -320,7 +360,7 @@ def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
             inner = [*overrides, Override(address, 0, v)]
             s, value, terms, logq = _surrogate(fn, args, kwargs, key, inner, ema, statics)
             for a, dlq in terms.items():
-                s = s + dlq * sg(value - _baseline(statics[a], a, ema, None))
+                s = s + jnp.sum(dlq * sg(value - _baseline(statics[a], a, ema, None)))
             return s, value, logq[address]
 
         s, values, logq = jax.vmap(branch)(support)
@@ -335,7 +375,15 @@ def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
 
         values = jax.vmap(rerun)(b.index, b.value, *b.path)
         s = s + jnp.sum(b.carrier * sg(values))
-    terms = {a: lq - sg(lq) for a, lq in run.reinforce.items()}
+    terms = {}
+    for a, lq in run.reinforce.items():
+        group = run.group_baselines.get(run.site_group.get(a))
+        dlq = lq - sg(lq)
+        if group is not None:
+            # Per-particle baselines: the term is complete here.
+            s = s + jnp.sum(dlq * sg(f - jnp.reshape(group, group.shape + (1,) * (dlq.ndim - group.ndim))))
+        else:
+            terms[a] = dlq
     return s, f, terms, run.enum_logq
 
 
@@ -352,7 +400,9 @@ def _estimate(fn, args, kwargs, key, ema, samples):
     loo = (jnp.sum(values) - values) / (samples - 1) if samples > 1 else None
     total = s
     for address, dlq in terms.items():
-        total = total + dlq * sg(values - _baseline(statics[address], address, ema, loo))
+        signal = sg(values - _baseline(statics[address], address, ema, loo))
+        signal = signal.reshape(signal.shape + (1,) * (dlq.ndim - 1))  # particles of a repeat
+        total = total + jnp.sum(dlq * signal, axis=tuple(range(1, dlq.ndim)))
     return jnp.mean(total), jnp.mean(values), statics
 
 

@@ -3,7 +3,8 @@
 Every objective takes a model ``p`` and a guide ``q`` and returns an
 ``Expectation`` of ``F(params, *args)``: ``params`` is one dict holding the
 parameters of both (``gendsl.param`` / ``gendsl.module`` names must differ),
-``args`` are the arguments both programs receive (typically the data).
+``args`` are the arguments both programs receive (typically the data). A guide
+may be a ``marginal(...)``, which is how the hierarchical bounds are built.
 """
 
 from __future__ import annotations
@@ -12,18 +13,61 @@ import jax
 import jax.numpy as jnp
 
 import gendsl
-from gendsl.inference._expectation import Expectation, density, expectation, repeat, sim
+from gendsl import handlers
+from gendsl.inference._constructs import Marginal, marginal
+from gendsl.inference._expectation import Expectation, baselines, density, expectation, repeat, sim
+from gendsl.inference._strategies import REPARAM
 
-__all__ = ["elbo", "iwelbo"]
+__all__ = [
+    "diwhvi",
+    "elbo",
+    "hvi",
+    "iwelbo",
+    "iwhvi",
+    "p_wake",
+    "q_wake",
+    "renyi",
+    "sleep",
+    "vimco",
+]
+
+sg = jax.lax.stop_gradient
 
 
-def elbo(model, guide, *, beta: float = 1.0) -> Expectation:
-    """The evidence lower bound ``E_q[log p(x, z) - log q(z)]`` (β-weighted if ``beta != 1``).
+def _program(x):
+    return x if isinstance(x, Marginal) else gendsl.model(x)
 
-    With ``beta``, the bound is ``E_q[log p(x|z) - β (log q(z) - log p(z))]``,
-    the KL-scaled objective of β-VAE, PV-RNN's meta-prior and the CVAE paper's
-    weighted bound (β = 1 is the ELBO). The split between likelihood and prior
-    is the model's observed versus latent sites.
+
+def _models(*programs):
+    out = []
+    for x in programs:
+        if isinstance(x, Marginal):
+            out.append(x.model)
+            if x.proposal is not None:
+                out.append(x.proposal)
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def _log_weight(p, q, params, args, kwargs):
+    z, log_q = sim(q.bind(params))(*args, **kwargs)
+    return density(p.bind(params))(z, *args, **kwargs) - log_q
+
+
+def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expectation:
+    """The evidence lower bound ``E_q[log p(x, z) - log q(z)]``.
+
+    Args:
+        model: the model ``p(x, z)``.
+        guide: the guide ``q(z)``, or a ``marginal(...)`` of a richer guide.
+        beta: weight of the KL term, ``E_q[log p(x|z)] - β KL(q || p(z))`` (β-VAE,
+            PV-RNN's meta-prior, the CVAE paper's weighted bound); 1 is the ELBO.
+            The likelihood is the model's observed sites, the prior its latent ones.
+        estimator: ``"score"`` (the default estimators of every site) or
+            ``"stl"`` (sticking the landing, Roeder et al. 2017: the guide's
+            density is evaluated with stopped parameters, which removes the
+            zero-mean score term; needs REPARAM at every guide site).
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -40,21 +84,35 @@ def elbo(model, guide, *, beta: float = 1.0) -> Expectation:
         >>> round(float(value), 2)  # exact: -1.67 at m = 0.5
         -1.67
     """
-    p, q = gendsl.model(model), gendsl.model(guide)
+    if estimator not in ("score", "stl"):
+        raise ValueError(f"elbo: estimator must be 'score' or 'stl', got {estimator!r}")
+    p, q = gendsl.model(model), _program(guide)
+    if estimator == "stl":
+        q = _all_reparam(q, "elbo(estimator='stl')")
 
     def objective(params, *args, **kwargs):
         z, log_q = sim(q.bind(params))(*args, **kwargs)
+        if estimator == "stl":
+            log_q = density(q.bind(sg(params)))(z, *args, **kwargs)
         if beta == 1.0:
             return density(p.bind(params))(z, *args, **kwargs) - log_q
         log_lik, log_prior = _split_density(p.bind(params), z, args, kwargs)
         return log_lik - beta * (log_q - log_prior)
 
-    objective.__name__ = "elbo" if beta == 1.0 else f"elbo_beta{beta}"
-    return expectation(objective, models=(p, q))
+    objective.__name__ = "elbo"
+    return expectation(objective, models=_models(p, q))
 
 
-def iwelbo(model, guide, particles: int) -> Expectation:
-    """The importance-weighted bound ``E[log (1/K) sum_k p(x, z_k) / q(z_k)]`` (Burda et al.).
+def iwelbo(model, guide, particles: int, *, estimator: str = "score") -> Expectation:
+    """The importance-weighted bound ``E[log (1/K) sum_k p(x, z_k) / q(z_k)]`` (Burda et al. 2016).
+
+    Args:
+        model: the model.
+        guide: the guide, or a ``marginal(...)`` (DIWHVI).
+        particles: ``K``.
+        estimator: ``"score"`` (default strategies) or ``"dreg"`` (doubly
+            reparameterized, Tucker et al. 2019: guide gradients
+            ``sum_k w̄_k² ∂ log w_k / ∂z_k ∂z_k/∂φ``; needs REPARAM at every guide site).
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -70,20 +128,194 @@ def iwelbo(model, guide, particles: int) -> Expectation:
         >>> round(float(value), 4)  # log p(x) = log N(1; 0, 2), exactly, with the exact posterior
         -1.5155
     """
-    if not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"iwelbo: particles must be a positive int, got {particles!r}")
+    _check_particles("iwelbo", particles)
+    if estimator not in ("score", "dreg"):
+        raise ValueError(f"iwelbo: estimator must be 'score' or 'dreg', got {estimator!r}")
+    p, q = gendsl.model(model), _program(guide)
+    if estimator == "dreg":
+        q = _all_reparam(q, "iwelbo(estimator='dreg')")
+
+    def objective(params, *args, **kwargs):
+        if estimator == "score":
+            log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs))()
+            return jax.nn.logsumexp(log_w) - jnp.log(particles)
+
+        def particle():
+            z, _ = sim(q.bind(params))(*args, **kwargs)
+            # Both densities with stopped parameters: this log weight reaches the
+            # guide only through the reparameterized z (the model's own gradient
+            # is the separate, self-normalized term below).
+            log_p = density(p.bind(sg(params)))(z, *args, **kwargs)
+            log_q = density(q.bind(sg(params)))(z, *args, **kwargs)
+            return log_p - log_q, density(p.bind(params))(sg(z), *args, **kwargs)
+
+        log_w, log_p_model = repeat(particles, particle)()
+        value = jax.nn.logsumexp(log_w) - jnp.log(particles)
+        w = sg(jax.nn.softmax(log_w))
+        # Zero in value; gradient = DReG for the guide, sum_k w̄_k ∇θ log p for the model.
+        guide_part = jnp.sum(w**2 * (log_w - sg(log_w)))
+        model_part = jnp.sum(w * (log_p_model - sg(log_p_model)))
+        return sg(value) + guide_part + model_part
+
+    objective.__name__ = f"iwelbo{particles}"
+    return expectation(objective, models=_models(p, q))
+
+
+def vimco(model, guide, particles: int) -> Expectation:
+    """IWELBO(K) with VIMCO's per-particle leave-one-out baselines (Mnih & Rezende 2016).
+
+    The score of the REINFORCE sites of particle ``k`` is paired with
+    ``L - L_{-k}``, where ``L_{-k}`` replaces ``log w_k`` by the mean of the
+    other particles' log weights. Needs ``particles >= 2``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import REINFORCE, vimco
+        >>> @gendsl.model
+        ... def p():
+        ...     z = gendsl.sample("z", dist.Bernoulli(0.3))
+        ...     gendsl.sample("x", dist.Normal(2.0 * z, 1.0), obs=3.0)
+        >>> @gendsl.model
+        ... def q():
+        ...     gendsl.sample("z", dist.Bernoulli(logits=gendsl.param("t", -1.0)), strategy=REINFORCE)
+        >>> g = vimco(p, q, 4).grad(jax.random.key(0), {"t": -1.0})
+    """
+    _check_particles("vimco", particles)
+    if particles < 2:
+        raise ValueError("vimco: the leave-one-out baselines need particles >= 2")
+    p, q = gendsl.model(model), _program(guide)
+
+    def objective(params, *args, **kwargs):
+        log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs), name="vimco")()
+        k = particles
+        others_mean = (jnp.sum(log_w) - log_w) / (k - 1)
+        # L_{-k}: log-mean-exp of the weights with w_k replaced by the others' geometric mean.
+        replaced = jnp.where(jnp.eye(k, dtype=bool), others_mean[:, None], log_w[None, :])
+        loo = jax.nn.logsumexp(replaced, axis=1) - jnp.log(k)
+        baselines("vimco", loo)
+        return jax.nn.logsumexp(log_w) - jnp.log(k)
+
+    objective.__name__ = f"vimco{particles}"
+    return expectation(objective, models=_models(p, q))
+
+
+def renyi(model, guide, alpha: float, particles: int) -> Expectation:
+    """The Rényi variational bound ``1/(1-α) log E_q[(p/q)^(1-α)]`` with ``K`` samples (Li & Turner 2016).
+
+    ``alpha = 0`` is IWELBO(K); ``alpha -> 1`` tends to the ELBO.
+
+    Example:
+        >>> import gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import renyi
+        >>> @gendsl.model
+        ... def p():
+        ...     gendsl.sample("z", dist.Normal(0.0, 1.0))
+        >>> objective = renyi(p, p, alpha=0.5, particles=3)
+    """
+    _check_particles("renyi", particles)
+    if alpha == 1.0:
+        raise ValueError("renyi: alpha = 1 is the ELBO; use elbo(model, guide)")
+    p, q = gendsl.model(model), _program(guide)
+
+    def objective(params, *args, **kwargs):
+        log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs))()
+        return (jax.nn.logsumexp((1 - alpha) * log_w) - jnp.log(particles)) / (1 - alpha)
+
+    objective.__name__ = f"renyi{alpha}"
+    return expectation(objective, models=_models(p, q))
+
+
+def hvi(model, guide, keep, *, proposal=None) -> Expectation:
+    """Hierarchical VI: the ELBO of the marginal ``q(keep)`` of a guide with auxiliary sites.
+
+    ``elbo(model, marginal(guide, keep, proposal=proposal, particles=1))``.
+    """
+    return elbo(model, marginal(guide, keep, proposal=proposal, particles=1))
+
+
+def iwhvi(model, guide, keep, particles: int, *, proposal=None) -> Expectation:
+    """Importance-weighted HVI (Sobolev & Vetrov 2019): ``elbo`` of ``marginal(..., particles=m)``."""
+    return elbo(model, marginal(guide, keep, proposal=proposal, particles=particles))
+
+
+def diwhvi(model, guide, keep, outer: int, inner: int, *, proposal=None) -> Expectation:
+    """Doubly importance-weighted HVI: ``iwelbo(outer)`` of ``marginal(..., particles=inner)``."""
+    return iwelbo(model, marginal(guide, keep, proposal=proposal, particles=inner), outer)
+
+
+def p_wake(model, guide, particles: int) -> Expectation:
+    """Reweighted wake-sleep, model update (Bornschein & Bengio 2015).
+
+    IWELBO(K) with the guide's parameters stopped: its gradient in the model's
+    parameters is ``sum_k w̄_k ∇θ log p(x, z_k)``.
+    """
+    _check_particles("p_wake", particles)
+    p, q = gendsl.model(model), _program(guide)
+
+    def objective(params, *args, **kwargs):
+        log_w = repeat(particles, lambda: _log_weight_split(p, q, params, args, kwargs))()
+        return jax.nn.logsumexp(log_w) - jnp.log(particles)
+
+    objective.__name__ = f"p_wake{particles}"
+    return expectation(objective, models=_models(p, q))
+
+
+def q_wake(model, guide, particles: int) -> Expectation:
+    """Reweighted wake-sleep, guide update: ``sum_k sg(w̄_k) log q(sg(z_k))``.
+
+    Its gradient, ``sum_k w̄_k ∇φ log q(z_k)``, is the self-normalized estimate
+    of ``-∇φ KL(p(z|x) || q(z))``.
+    """
+    _check_particles("q_wake", particles)
     p, q = gendsl.model(model), gendsl.model(guide)
 
     def objective(params, *args, **kwargs):
-        def log_weight():
-            z, log_q = sim(q.bind(params))(*args, **kwargs)
-            return density(p.bind(params))(z, *args, **kwargs) - log_q
+        def particle():
+            z, log_q_draw = sim(q.bind(sg(params)))(*args, **kwargs)
+            log_w = density(p.bind(sg(params)))(z, *args, **kwargs) - log_q_draw
+            return log_w, density(q.bind(params))(sg(z), *args, **kwargs)
 
-        w = repeat(particles, log_weight)()
-        return jax.nn.logsumexp(w) - jnp.log(particles)
+        log_w, log_q = repeat(particles, particle)()
+        return jnp.sum(sg(jax.nn.softmax(log_w)) * log_q)
 
-    objective.__name__ = f"iwelbo{particles}"
-    return expectation(objective, models=(p, q))
+    objective.__name__ = f"q_wake{particles}"
+    return expectation(objective, models=_models(p, q))
+
+
+def sleep(model, guide, observed: str) -> Expectation:
+    """The sleep phase of wake-sleep: ``E_{(z, x) ~ p}[log q(z | x)]``.
+
+    The model is run forward with its observed site ``observed`` sampled
+    instead of observed; the sampled value replaces the guide's first argument.
+    """
+    p, q = gendsl.model(model), gendsl.model(guide)
+
+    def objective(params, *args, **kwargs):
+        dream, _ = sim(handlers.uncondition(p.bind(sg(params))))(*args, **kwargs)
+        if observed not in dream:
+            raise gendsl.AddressError(f"sleep: the model has no site '{observed}'; it has {sorted(dream)}")
+        x = sg(dream.pop(observed))
+        z = {a: sg(v) for a, v in dream.items()}
+        return density(q.bind(params))(z, x, *args[1:], **kwargs)
+
+    objective.__name__ = "sleep"
+    return expectation(objective, models=_models(p, q))
+
+
+def _log_weight_split(p, q, params, args, kwargs):
+    z, log_q = sim(q.bind(sg(params)))(*args, **kwargs)
+    return density(p.bind(params))(z, *args, **kwargs) - log_q
+
+
+def _check_particles(name, particles):
+    if not isinstance(particles, int) or particles < 1:
+        raise ValueError(f"{name}: particles must be a positive int, got {particles!r}")
+
+
+def _all_reparam(q, what):
+    if isinstance(q, Marginal):
+        raise ValueError(f"{what} needs a plain guide, not a marginal")
+    return gendsl.model(handlers.strategy(q.fn, rules=lambda address: REPARAM))
 
 
 def _split_density(p, z, args, kwargs):

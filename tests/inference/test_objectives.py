@@ -1,0 +1,298 @@
+"""The objectives library against exact objectives (enumeration, quadrature, closed forms)."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gendsl
+import gendsl.distributions as dist
+from gendsl.inference import (
+    ENUM,
+    MVD,
+    REINFORCE,
+    Reinforce,
+    diwhvi,
+    elbo,
+    hvi,
+    iwelbo,
+    iwhvi,
+    p_wake,
+    q_wake,
+    renyi,
+    sleep,
+    vimco,
+)
+from gendsl.testing._checks import assert_unbiased, draw_estimates
+
+N = 3000
+
+
+def draws(objective, params, *args, n=N, seed=0, what="grad"):
+    def one(k):
+        if what == "grad":
+            return objective.grad(k, params, *args)
+        return objective.estimate(k, params, *args)
+
+    return draw_estimates(one, jax.random.key(seed), n)
+
+
+# --- the coin model: discrete, exact by enumeration --------------------------------------
+
+@gendsl.model
+def coin():
+    z = gendsl.sample("z", dist.Bernoulli(jax.nn.sigmoid(gendsl.param("prior", -0.8))))
+    gendsl.sample("x", dist.Normal(2.0 * z, 1.0), obs=3.0)
+
+
+def coin_guide(strategy):
+    @gendsl.model
+    def guide():
+        gendsl.sample("z", dist.Bernoulli(logits=gendsl.param("theta", 0.0)), strategy=strategy)
+
+    return guide
+
+
+PARAMS = {"prior": -0.8, "theta": -1.0}
+
+
+def log_joint(z, prior):
+    return dist.Bernoulli(jax.nn.sigmoid(prior)).log_prob(z) + dist.Normal(2.0 * z, 1.0).log_prob(3.0)
+
+
+def exact_bound(params, k, combine):
+    """sum over the 2^k particle configurations of q(config) * combine(log weights)."""
+    total = 0.0
+    for zs in itertools.product([0.0, 1.0], repeat=k):
+        zs = jnp.array(zs)
+        log_q = dist.Bernoulli(logits=params["theta"]).log_prob(zs)
+        log_w = log_joint(zs, params["prior"]) - log_q
+        total = total + jnp.exp(log_q.sum()) * combine(log_w)
+    return total
+
+
+def iw(log_w):
+    return jax.nn.logsumexp(log_w) - jnp.log(log_w.shape[0])
+
+
+@pytest.mark.parametrize("strategy", [REINFORCE, ENUM, MVD], ids=str)
+def test_vimco_is_unbiased_for_the_iwelbo_gradient(strategy):
+    objective = vimco(coin, coin_guide(strategy), 3)
+    exact = jax.grad(lambda p: exact_bound(p, 3, iw))(PARAMS)
+    assert_unbiased(draws(objective, PARAMS), exact)
+
+
+def test_vimco_reduces_variance_against_plain_reinforce():
+    plain = draws(iwelbo(coin, coin_guide(Reinforce(baseline=None)), 4), PARAMS)["theta"]
+    loo = draws(vimco(coin, coin_guide(REINFORCE), 4), PARAMS)["theta"]
+    ratio = float(np.var(plain) / np.var(loo))
+    print(f"VIMCO variance reduction over plain REINFORCE (IWELBO-4): {ratio:.1f}x")
+    assert ratio > 2
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, -1.0])
+def test_renyi_value_and_gradient(alpha):
+    def combine(log_w):
+        return (jax.nn.logsumexp((1 - alpha) * log_w) - jnp.log(2)) / (1 - alpha)
+
+    objective = renyi(coin, coin_guide(ENUM), alpha, 2)
+    exact = exact_bound(PARAMS, 2, combine)
+    assert_unbiased(draws(objective, PARAMS, what="value"), exact)
+    assert_unbiased(draws(objective, PARAMS), jax.grad(lambda p: exact_bound(p, 2, combine))(PARAMS))
+
+
+def test_p_wake_and_q_wake_gradients():
+    k = 3
+
+    def expected_grad(loss):
+        """sum_config q(config) * ∇ loss(config) with the sampling distribution held fixed."""
+        total = jax.tree_util.tree_map(jnp.zeros_like, PARAMS)
+        for zs in itertools.product([0.0, 1.0], repeat=k):
+            zs = jnp.array(zs)
+            prob = jnp.exp(dist.Bernoulli(logits=PARAMS["theta"]).log_prob(zs).sum())
+            g = jax.grad(loss)(PARAMS, zs)
+            total = jax.tree_util.tree_map(lambda t, gi, w=prob: t + w * gi, total, g)
+        return total
+
+    def weights(p, zs):
+        log_w = log_joint(zs, p["prior"]) - dist.Bernoulli(logits=p["theta"]).log_prob(zs)
+        return log_w
+
+    def p_loss(p, zs):
+        q_fixed = jax.lax.stop_gradient(p["theta"])
+        log_w = log_joint(zs, p["prior"]) - dist.Bernoulli(logits=q_fixed).log_prob(zs)
+        return iw(log_w)
+
+    def q_loss(p, zs):
+        w = jax.nn.softmax(jax.lax.stop_gradient(weights(p, zs)))
+        return jnp.sum(w * dist.Bernoulli(logits=p["theta"]).log_prob(zs))
+
+    assert_unbiased(draws(p_wake(coin, coin_guide(REINFORCE), k), PARAMS), expected_grad(p_loss))
+    assert_unbiased(draws(q_wake(coin, coin_guide(REINFORCE), k), PARAMS), expected_grad(q_loss))
+    # p-wake leaves the guide alone, q-wake the model.
+    assert float(jnp.abs(draws(p_wake(coin, coin_guide(REINFORCE), k), PARAMS, n=50)["theta"]).max()) == 0
+    assert float(jnp.abs(draws(q_wake(coin, coin_guide(REINFORCE), k), PARAMS, n=50)["prior"]).max()) == 0
+
+
+def test_sleep_gradient():
+    @gendsl.model
+    def p(x):
+        z = gendsl.sample("z", dist.Bernoulli(0.4))
+        gendsl.sample("x", dist.Bernoulli(jax.nn.sigmoid(2.0 * z - 1.0)), obs=x)
+
+    @gendsl.model
+    def q(x):
+        t = gendsl.param("t", jnp.array([0.2, -0.5]))
+        gendsl.sample("z", dist.Bernoulli(logits=t[0] + t[1] * x))
+
+    def exact(params):
+        total = 0.0
+        for z, x in itertools.product([0.0, 1.0], repeat=2):
+            prob = jnp.exp(dist.Bernoulli(0.4).log_prob(z) + dist.Bernoulli(jax.nn.sigmoid(2 * z - 1)).log_prob(x))
+            t = params["t"]
+            total = total + prob * dist.Bernoulli(logits=t[0] + t[1] * x).log_prob(z)
+        return total
+
+    params = {"t": jnp.array([0.2, -0.5])}
+    objective = sleep(p, q, observed="x")
+    assert_unbiased(draws(objective, params, 1.0), jax.grad(exact)(params))
+
+
+# --- Gaussian model: DReG and STL against quadrature / closed forms -----------------------
+
+@gendsl.model
+def gauss(x):
+    z = gendsl.sample("z", dist.Normal(gendsl.param("mu0", 0.0), 1.0))
+    gendsl.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+@gendsl.model
+def gauss_guide(x):
+    m = gendsl.param("m", 0.0)
+    s = gendsl.param("s", 1.0, constraint=dist.constraints.positive)
+    gendsl.sample("z", dist.Normal(m, s))
+
+
+GP = {"mu0": 0.2, "m": 0.3, "s": 0.9}
+
+
+def quadrature_iwelbo2(params, x=1.0, order=60):
+    nodes, wts = np.polynomial.hermite_e.hermegauss(order)
+    wts = wts / wts.sum()
+    z = params["m"] + params["s"] * jnp.asarray(nodes)
+    log_w = (dist.Normal(params["mu0"], 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+             - dist.Normal(params["m"], params["s"]).log_prob(z))
+    pair = jax.nn.logsumexp(jnp.stack(jnp.broadcast_arrays(log_w[:, None], log_w[None, :])), axis=0) - jnp.log(2)
+    return jnp.sum(jnp.asarray(wts)[:, None] * jnp.asarray(wts)[None, :] * pair)
+
+
+@pytest.mark.parametrize("estimator", ["score", "dreg"])
+def test_iwelbo_gradients_against_quadrature(estimator):
+    objective = iwelbo(gauss, gauss_guide, 2, estimator=estimator)
+    exact = jax.grad(quadrature_iwelbo2)(GP)
+    assert_unbiased(draws(objective, GP, 1.0), exact)
+    assert_unbiased(draws(objective, GP, 1.0, what="value"), quadrature_iwelbo2(GP))
+
+
+def test_stl_elbo_is_unbiased_and_has_lower_variance_near_the_optimum():
+    def exact_elbo(p, x=1.0):
+        m, s, mu0 = p["m"], p["s"], p["mu0"]
+        e_prior = -0.5 * jnp.log(2 * jnp.pi) - 0.5 * ((m - mu0) ** 2 + s**2)
+        e_lik = -0.5 * jnp.log(2 * jnp.pi) - 0.5 * ((x - m) ** 2 + s**2)
+        entropy = 0.5 * jnp.log(2 * jnp.pi * jnp.e * s**2)
+        return e_prior + e_lik + entropy
+
+    exact = jax.grad(exact_elbo)(GP)
+    assert_unbiased(draws(elbo(gauss, gauss_guide, estimator="stl"), GP, 1.0), exact)
+    assert_unbiased(draws(elbo(gauss, gauss_guide), GP, 1.0), exact)
+    # At the exact posterior (m = (1 + mu0) / 2, s = 1/sqrt 2) STL's guide gradient is exactly zero.
+    opt = {"mu0": 0.2, "m": 0.6, "s": 0.5**0.5}
+    g = draws(elbo(gauss, gauss_guide, estimator="stl"), opt, 1.0, n=100)
+    np.testing.assert_allclose(np.asarray(g["m"]), 0.0, atol=1e-5)
+
+
+def test_beta_elbo():
+    def exact(p, beta=0.5, x=1.0):
+        m, s, mu0 = p["m"], p["s"], p["mu0"]
+        e_lik = -0.5 * jnp.log(2 * jnp.pi) - 0.5 * ((x - m) ** 2 + s**2)
+        kl = jnp.log(1 / s) + (s**2 + (m - mu0) ** 2) / 2 - 0.5
+        return e_lik - beta * kl
+
+    objective = elbo(gauss, gauss_guide, beta=0.5)
+    assert_unbiased(draws(objective, GP, 1.0, what="value"), exact(GP))
+    assert_unbiased(draws(objective, GP, 1.0), jax.grad(exact)(GP))
+
+
+# --- hierarchical bounds on a discrete guide with an auxiliary site -----------------------
+
+@gendsl.model
+def hmodel():
+    z = gendsl.sample("z", dist.Bernoulli(0.35))
+    gendsl.sample("x", dist.Normal(2.0 * z, 1.0), obs=1.5)
+
+
+def hguide(strategy):
+    @gendsl.model
+    def guide():
+        a, b, c = gendsl.param("a", 0.3), gendsl.param("b", -0.4), gendsl.param("c", 1.2)
+        u = gendsl.sample("u", dist.Bernoulli(logits=a), strategy=strategy)
+        gendsl.sample("z", dist.Bernoulli(logits=b + c * u), strategy=strategy)
+
+    return guide
+
+
+HP = {"a": 0.3, "b": -0.4, "c": 1.2}
+
+
+def exact_hierarchical(p, outer, inner):
+    """DIWHVI(outer, inner) by enumerating every binary choice (HVI: 1, 1; IWHVI: 1, m)."""
+    def log_q_u(u):
+        return dist.Bernoulli(logits=p["a"]).log_prob(u)
+
+    def log_q_z(z, u):
+        return dist.Bernoulli(logits=p["b"] + p["c"] * u).log_prob(z)
+
+    def log_p(z):
+        return dist.Bernoulli(0.35).log_prob(z) + dist.Normal(2.0 * z, 1.0).log_prob(1.5)
+
+    per = 2 + (inner - 1)  # u0, z, and the extra proposal draws u_1.. from the prior
+    total = 0.0
+    for bits in itertools.product([0.0, 1.0], repeat=outer * per):
+        bits = jnp.array(bits).reshape(outer, per)
+        u0, z, extra = bits[:, 0], bits[:, 1], bits[:, 2:]
+        prob = log_q_u(u0) + log_q_z(z, u0) + jnp.sum(log_q_u(extra), axis=1)
+        us = jnp.concatenate([u0[:, None], extra], axis=1)
+        log_qhat = jax.nn.logsumexp(log_q_z(z[:, None], us), axis=1) - jnp.log(inner)
+        log_w = log_p(z) - log_qhat
+        total = total + jnp.exp(prob.sum()) * (jax.nn.logsumexp(log_w) - jnp.log(outer))
+    return total
+
+
+@pytest.mark.parametrize("strategy", [REINFORCE, ENUM, MVD], ids=str)
+@pytest.mark.parametrize("bound", ["hvi", "iwhvi", "diwhvi"])
+def test_hierarchical_bounds(bound, strategy):
+    guide = hguide(strategy)
+    outer, inner = {"hvi": (1, 1), "iwhvi": (1, 3), "diwhvi": (2, 2)}[bound]
+    objective = {
+        "hvi": lambda: hvi(hmodel, guide, ["z"]),
+        "iwhvi": lambda: iwhvi(hmodel, guide, ["z"], inner),
+        "diwhvi": lambda: diwhvi(hmodel, guide, ["z"], outer, inner),
+    }[bound]()
+    exact = lambda p: exact_hierarchical(p, outer, inner)  # noqa: E731
+    assert_unbiased(draws(objective, HP, what="value"), exact(HP), name=f"{bound} value")
+    assert_unbiased(draws(objective, HP), jax.grad(exact)(HP), name=f"{bound} gradient")
+
+
+def test_objective_argument_errors():
+    with pytest.raises(ValueError, match="vimco: the leave-one-out baselines need particles >= 2"):
+        vimco(coin, coin_guide(REINFORCE), 1)
+    with pytest.raises(ValueError, match="iwelbo: particles must be a positive int, got 0"):
+        iwelbo(coin, coin_guide(REINFORCE), 0)
+    with pytest.raises(ValueError, match="estimator must be 'score' or 'dreg'"):
+        iwelbo(gauss, gauss_guide, 2, estimator="stl")
+    from gendsl.inference import EstimatorError
+
+    with pytest.raises(EstimatorError, match=r"site 'repeat0/sim0/z': REPARAM needs"):
+        iwelbo(coin, coin_guide(REINFORCE), 2, estimator="dreg").grad(jax.random.key(0), PARAMS)
