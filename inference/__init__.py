@@ -5,6 +5,7 @@ Objectives are programs built from ``sim``, ``density``, ``repeat`` and
 ``REINFORCE``, ``ENUM``, ``MVD``) and the estimator is derived from them.
 """
 
+from gendsl.inference._arviz import to_inference_data
 from gendsl.inference._constructs import Marginal, Normalized, marginal, normalize
 from gendsl.inference._expectation import Expectation, baselines, density, expectation, repeat, sim
 from gendsl.inference._objectives import (
@@ -64,6 +65,7 @@ __all__ = [
     "q_wake",
     "renyi",
     "sleep",
+    "to_inference_data",
     "vimco",
     "expectation",
     "repeat",

@@ -168,3 +168,22 @@ def test_conjugate_posteriors(family, strategy):
     m, s = (float(v) for v in moments(result.params))
     assert abs(m - mean) < 0.1 * sd, (m, mean, sd)
     assert abs(s / sd - 1) < 0.15, (s, sd)
+
+
+def test_arviz_export_with_log_likelihood():
+    import arviz as az
+
+    from gendsl.inference import to_inference_data
+
+    params = {"loc": 1.0, "scale": 0.5}
+    idata = to_inference_data(normal_guide(), params, X, key=jax.random.key(0), num_samples=4000, model=normal_model)
+    mu = idata.posterior["mu"].values
+    assert mu.shape == (1, 4000)
+    # Draws follow the guide: mean 1.0, sd 0.5, within 4 standard errors.
+    assert abs(mu.mean() - 1.0) < 4 * 0.5 / np.sqrt(4000)
+    np.testing.assert_array_equal(idata.observed_data["x"].values, np.asarray(X))
+    ll = idata.log_likelihood["x"].values
+    assert ll.shape == (1, 4000, len(X))
+    expected = -0.5 * np.log(2 * np.pi) - 0.5 * (np.asarray(X)[None, :] - mu[0][:, None]) ** 2
+    np.testing.assert_allclose(ll[0], expected, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(az.loo(idata).elpd_loo)
