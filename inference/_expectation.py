@@ -338,10 +338,12 @@ def _execute(fn, args, kwargs, key, overrides):
     return run, f
 
 
-def _baseline(strategy: Reinforce, address, ema, loo):
+def _baseline(strategy: Reinforce, address, ema, loo, args):
     b = strategy.baseline
     if b is None:
         return 0.0
+    if callable(b):
+        return b(*args)
     if b == "ema":
         return ema.get(address, 0.0)
     if b == "loo":
@@ -360,7 +362,7 @@ def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
             inner = [*overrides, Override(address, 0, v)]
             s, value, terms, logq = _surrogate(fn, args, kwargs, key, inner, ema, statics)
             for a, dlq in terms.items():
-                s = s + jnp.sum(dlq * sg(value - _baseline(statics[a], a, ema, None)))
+                s = s + jnp.sum(dlq * sg(value - _baseline(statics[a], a, ema, None, args)))
             return s, value, logq[address]
 
         s, values, logq = jax.vmap(branch)(support)
@@ -400,9 +402,15 @@ def _estimate(fn, args, kwargs, key, ema, samples):
     loo = (jnp.sum(values) - values) / (samples - 1) if samples > 1 else None
     total = s
     for address, dlq in terms.items():
-        signal = sg(values - _baseline(statics[address], address, ema, loo))
+        signal = sg(values - _baseline(statics[address], address, ema, loo, args))
         signal = signal.reshape(signal.shape + (1,) * (dlq.ndim - 1))  # particles of a repeat
         total = total + jnp.sum(dlq * signal, axis=tuple(range(1, dlq.ndim)))
+    # Learned baselines are fitted to the objective by least squares. The objective
+    # value is stopped in this term, so its gradient reaches only the baseline's
+    # parameters (the reported value is `values`, not the surrogate).
+    fitted = {id(st.baseline): st.baseline for st in statics.values() if callable(st.baseline)}
+    for b in fitted.values():
+        total = total - 0.5 * (sg(values) - b(*args)) ** 2
     return jnp.mean(total), jnp.mean(values), statics
 
 

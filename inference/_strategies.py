@@ -80,10 +80,12 @@ class Reinforce(Strategy):
     decay: float = 0.9
 
     def __post_init__(self):
-        ok = self.baseline is None or self.baseline in ("ema", "loo") or isinstance(self.baseline, (int, float))
+        b = self.baseline
+        ok = b is None or callable(b) or isinstance(b, (int, float)) or b in ("ema", "loo")
         if not ok:
             raise ValueError(
-                f"Reinforce: baseline must be None, a number, 'ema' or 'loo', got {self.baseline!r}"
+                f"Reinforce: baseline must be None, a number, 'ema', 'loo' or a callable "
+                f"(params, *args) -> scalar, got {b!r}"
             )
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"Reinforce: decay must be in [0, 1), got {self.decay}")
