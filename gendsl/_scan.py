@@ -90,14 +90,14 @@ def scan(
         frame = _ScanFrame(name, t, step_key, outer, sites)
         with frame:
             carry, y = body(carry, x)
-        return carry, (y, frame.values, frame.log_probs)
+        return carry, (y, frame.values, frame.log_probs, frame.extras)
 
     steps = jnp.arange(n)
-    carry, (ys, values, log_probs) = jax.lax.scan(
+    carry, (ys, values, log_probs, extras) = jax.lax.scan(
         step, init, (steps, xs), length=n, unroll=unroll
     )
     for site, meta in sites.items():
-        _replay_site(name, site, meta, values[site], log_probs.get(site))
+        _replay_site(name, site, meta, values[site], log_probs.get(site), extras.get(site))
     return carry, ys
 
 
@@ -137,7 +137,6 @@ class _Stacked:
 
 
 def _resolve(handlers: list, probe: dict) -> None:
-
     """Let the outer value/metadata providers act on ``probe`` (innermost first)."""
     address = probe["name"]
     for h in handlers:
@@ -171,6 +170,8 @@ def _resolve(handlers: list, probe: dict) -> None:
                 probe["value"] = _Stacked(site["value"])
         elif isinstance(h, (_strategy, nh.infer_config)):
             h.process_message(probe)
+        elif hasattr(h, "loop_site"):
+            h.loop_site(probe)  # an estimator deciding how gradients flow through the site
         elif isinstance(h, RequireValues) and probe["value"] is None and not probe["is_observed"]:
             raise missing_choice(address)
 
@@ -187,12 +188,14 @@ class _ScanFrame(Messenger):
         self.sites = sites
         self.values: dict[str, Any] = {}
         self.log_probs: dict[str, jax.Array] = {}
+        self.extras: dict[str, Any] = {}
         self._unnamed = 0
 
     def resolve_outer(self, probe: dict) -> None:
         """Resolve a probe from a nested loop: prefix it, ask our outer handlers, slice."""
         inner_name = probe["name"]
         probe["name"] = join(self.prefix, inner_name)
+        probe["loop_steps"] = (*probe.get("loop_steps", ()), self.t)
         _resolve(self.outer, probe)
         probe["name"] = inner_name
         if isinstance(probe["value"], _Stacked):
@@ -237,6 +240,7 @@ class _ScanFrame(Messenger):
             # stacked value at the current step (as for numpyro's own scan).
             "infer": {**msg["infer"], "_scan_current_index": self.t},
             "cond_indep_stack": msg["cond_indep_stack"],
+            "loop_steps": (self.t,),  # innermost first; enclosing loops append theirs
         }
         _resolve(self.outer, probe)
         value = probe["value"]
@@ -248,6 +252,7 @@ class _ScanFrame(Messenger):
         probe["infer"].pop("_scan_current_index", None)
         msg["infer"] = probe["infer"]
         msg["gendsl_stop_gradient"] = probe.get("stop_gradient", False)
+        msg["gendsl_post"] = probe.get("post", ())
         if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
             raise NoKeyError(
                 f"sample site '{address}' needs a random key but none is in scope: use "
@@ -268,10 +273,17 @@ class _ScanFrame(Messenger):
                 f"address '{join(self.prefix, name)}' is used by two sites in one step of "
                 f"scan '{self.prefix}'; give each site of the loop body a unique name"
             )
-        self.values[name] = msg["value"]
         if kind == "deterministic":
+            self.values[name] = msg["value"]
             self.sites.setdefault(name, {"type": "deterministic"})
             return
+        # Post-sampling hooks of outer handlers (estimators): they may replace the
+        # value (re-execution) and return per-step arrays, emitted as loop outputs.
+        for hook in msg.get("gendsl_post", ()):
+            extra = hook(msg)
+            if extra is not None:
+                self.extras[name] = extra
+        self.values[name] = msg["value"]
         fn = msg["fn"]
         lp = fn.log_prob(msg["value"])
         if msg.get("scale") is not None:
@@ -318,7 +330,7 @@ class ScanSite(Distribution):
         return self.step_log_prob
 
 
-def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any) -> None:
+def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any, extras: Any = None) -> None:
     """Send one loop site, stacked over steps, through the handlers outside the loop."""
     if not _PYRO_STACK:
         return
@@ -346,5 +358,6 @@ def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any) ->
         "cond_indep_stack": [],
         "infer": dict(meta["infer"], loop=loop),
         "_control_flow_done": True,
+        "gendsl_loop_extras": extras,
     }
     apply_stack(msg)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ from gendsl._address import address_hash, as_key, join, site_key
 from gendsl._seed import seed
 from gendsl._trace import Recorder
 from gendsl.inference._branches import branches, enumerate_values
-from gendsl.inference._strategies import Enum, EstimatorError, MeasureValued, Reinforce, Reparam, resolve
+from gendsl.inference._strategies import Enum, EstimatorError, Reinforce, Reparam, resolve
 
 __all__ = ["Expectation", "baselines", "density", "expectation", "repeat", "sim"]
 
@@ -270,28 +271,68 @@ class _SimSites(Messenger):
         super().__init__()
         self.run = run
         self.address = address
+        self.loop_strategies: dict[str, Any] = {}
 
     def _strategy(self, msg, address):
         return resolve(msg["infer"].get("strategy"), msg["fn"], address)
 
     def loop_site(self, probe) -> None:
-        """Called by ``gendsl.scan`` for sites inside a loop body."""
+        """Called by ``gendsl.scan`` for each site of a loop body, at every step.
+
+        REINFORCE, ENUM and MVD sites are stopped from pathwise gradients. ENUM
+        and MVD sites get a post-sampling hook that applies this run's
+        overrides at the matching step, or else lists the site's branches for
+        this step; the loop emits them stacked over steps, and the replayed
+        site registers them (see ``postprocess_message``).
+        """
         if probe["is_observed"]:
             return
         address = join(self.address, probe["name"])
         strategy = self._strategy(probe, address)
-        if isinstance(strategy, (Enum, MeasureValued)):
-            raise EstimatorError(
-                f"site '{address}': {type(strategy).__name__} inside gendsl.scan is not supported yet; "
-                "use REINFORCE (or REPARAM) for loop sites"
-            )
+        if isinstance(strategy, Reparam):
+            return
+        self.loop_strategies[address] = strategy
+        probe["stop_gradient"] = True
         if isinstance(strategy, Reinforce):
-            probe["stop_gradient"] = True
+            return
+        steps = probe.get("loop_steps", ())
+        if len(steps) != 1:
+            raise EstimatorError(
+                f"site '{address}': {type(strategy).__name__} inside nested gendsl.scan loops is not "
+                "supported yet; use REINFORCE for this site"
+            )
+        t = steps[0]
+        fn = probe["fn"]
+        per_step = math.prod(tuple(fn.batch_shape) + tuple(fn.event_shape))
+        mine = [o for o in self.run.overrides if o.address == address and not o.path]
+
+        def post(msg):
+            value = sg(msg["value"])
+            if mine:
+                flat = value.reshape(-1)
+                for o in mine:
+                    hit = jnp.logical_and(o.active, o.index // per_step == t)
+                    new = flat.at[o.index % per_step].set(jnp.asarray(o.value, flat.dtype))
+                    flat = jnp.where(hit, new, flat)
+                msg["value"] = flat.reshape(jnp.shape(value))
+                return None
+            msg["value"] = value
+            key = jax.random.fold_in(msg["kwargs"]["rng_key"], 1)
+            return branches(address, msg["fn"], value, strategy, key)
+
+        probe.setdefault("post", []).append(post)
 
     def postprocess_message(self, msg) -> None:
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         address = join(self.address, msg["name"])
+        if msg["infer"].get("loop") is not None:
+            # Checked inside the loop already; the replayed site's distribution
+            # only carries the stacked log density.
+            strategy = self.loop_strategies.get(address)
+            if strategy is not None:
+                self._loop_site_replayed(msg, address, strategy)
+            return
         fn = msg["fn"]
         strategy = self._strategy(msg, address)
         if isinstance(strategy, Reparam):
@@ -317,6 +358,22 @@ class _SimSites(Messenger):
             index, vals, carrier = branches(address, fn, value, strategy, key)
             run.branches.append(Branches(address, index, vals, carrier))
         msg["value"] = value
+
+
+    def _loop_site_replayed(self, msg, address, strategy) -> None:
+        """A loop site after the loop: register its score or its stacked branches."""
+        if isinstance(strategy, Reinforce):
+            self.run.reinforce[address] = jnp.sum(msg["fn"].log_prob(msg["value"]))
+            self.run.strategies[address] = strategy
+            return
+        extras = msg.get("gendsl_loop_extras")
+        if extras is None:
+            return  # overridden in this run: the value is final
+        index, value, carrier = extras  # each (steps, branches per step)
+        per_step = math.prod(jnp.shape(msg["value"])[1:])
+        steps = jnp.arange(index.shape[0])[:, None]
+        flat_index = (steps * per_step + index).reshape(-1)
+        self.run.branches.append(Branches(address, flat_index, value.reshape(-1), carrier.reshape(-1)))
 
 
 # ----------------------------------------------------------------------------- driver

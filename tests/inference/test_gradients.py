@@ -242,8 +242,8 @@ def _value(q, p):
     return z1 * z2 + z3 * z2**2 + 0.1 * z4 * z1
 
 
-@pytest.mark.parametrize("strategy", [REINFORCE, Reinforce(baseline=None)], ids=str)
-def test_reinforce_inside_scan(strategy):
+@pytest.mark.parametrize("strategy", [REINFORCE, Reinforce(baseline=None), ENUM, MVD], ids=str)
+def test_discrete_sites_inside_scan(strategy):
     """A 3-step Markov chain of Bernoulli sites in a gendsl.scan, against enumeration."""
 
     @gendsl.model
@@ -270,17 +270,18 @@ def test_reinforce_inside_scan(strategy):
     assert_unbiased(grads(objective, 0.3), jax.grad(exact)(0.3))
 
 
-def test_reparam_through_scan():
+@pytest.mark.parametrize("strategy", [REPARAM, REINFORCE, MVD], ids=str)
+def test_continuous_sites_through_scan(strategy):
     @gendsl.model
     def walk(mu):
         def step(x, _):
-            x = gendsl.sample("x", dist.Normal(x + mu, 0.5))
+            x = gendsl.sample("x", dist.Normal(x + mu, 0.5), strategy=strategy)
             return x, x
         return gendsl.scan("w", step, 0.0, length=4)[0]
 
     # x_T ~ Normal(4 mu, 0.5^2 * 4): E[x_T^2] = 16 mu^2 + 1, gradient 32 mu.
     objective = expectation(lambda mu: sim(walk)(mu)[0]["w/x"][-1] ** 2)
-    assert_unbiased(grads(objective, 0.7), 32 * 0.7)
+    assert_unbiased(grads(objective, 0.7, n=8000), 32 * 0.7)
 
 
 def test_errors_name_the_site():
