@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpyro.handlers as nh
@@ -164,11 +165,23 @@ class Model:
         return self.init_with_constraints(key, *args, **kwargs)[0]
 
     def init_with_constraints(self, key, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``init``, plus each parameter's constraint (``None`` means unconstrained)."""
-        rec = Recorder()
-        with rec, seed(key=as_key(key)):
-            self.fn(*args, **kwargs)
-        return rec.params, rec.param_constraints
+        """``init``, plus each parameter's constraint (``None`` means unconstrained).
+
+        The model runs once under ``jit``: for a network-sized model, compiling
+        the whole initialization is much faster than executing it op by op.
+        """
+        static: dict[str, Any] = {}
+
+        @eqx.filter_jit
+        def run(key, args, kwargs):
+            rec = Recorder()
+            with rec, seed(key=key):
+                self.fn(*args, **kwargs)
+            static["constraints"] = rec.param_constraints
+            return rec.params
+
+        params = run(as_key(key), args, kwargs)
+        return params, static["constraints"]
 
     def bind(self, params: Mapping[str, Any]) -> Model:
         """The same model with its parameters set to ``params``.
