@@ -270,8 +270,15 @@ def exact_hierarchical(p, outer, inner):
     return total
 
 
-@pytest.mark.parametrize("strategy", [REINFORCE, ENUM, MVD], ids=str)
-@pytest.mark.parametrize("bound", ["hvi", "iwhvi", "diwhvi"])
+SLOW = pytest.mark.slow
+HIERARCHICAL = [
+    ("hvi", REINFORCE), ("hvi", ENUM), ("hvi", MVD),
+    ("iwhvi", MVD), pytest.param("iwhvi", REINFORCE, marks=SLOW), pytest.param("iwhvi", ENUM, marks=SLOW),
+    ("diwhvi", MVD), pytest.param("diwhvi", REINFORCE, marks=SLOW), pytest.param("diwhvi", ENUM, marks=SLOW),
+]
+
+
+@pytest.mark.parametrize("bound,strategy", HIERARCHICAL, ids=str)
 def test_hierarchical_bounds(bound, strategy):
     guide = hguide(strategy)
     outer, inner = {"hvi": (1, 1), "iwhvi": (1, 3), "diwhvi": (2, 2)}[bound]
