@@ -38,6 +38,13 @@ class RequireValues(Messenger):
     def process_message(self, msg) -> None:
         if msg["type"] == "sample" and msg["value"] is None and not msg["is_observed"]:
             raise missing_choice(msg["name"])
+        if msg["type"] == "plate" and msg["value"] is None and msg["kwargs"].get("rng_key") is None:
+            size, subsample_size = msg["args"]
+            if subsample_size is not None and subsample_size < size:
+                raise MissingChoiceError(
+                    f"assess: plate '{msg['name']}' draws {subsample_size} of {size} indices; pass them "
+                    f"as choices['{msg['name']}'] (a simulated trace holds them in trace.subsamples)"
+                )
 
 
 def missing_choice(address: str) -> MissingChoiceError:
@@ -54,7 +61,7 @@ def _check_mapping(what: str, value: Any) -> Mapping:
 
 
 def _check_visited(what: str, given: Mapping, rec: Recorder) -> None:
-    visited = set(rec.values)
+    visited = set(rec.values) | set(rec.subsamples)
     unknown = sorted(set(given) - visited)
     if unknown:
         raise AddressError(
@@ -113,8 +120,9 @@ class Model:
 
         Args:
             choices: a value for every latent site (loop sites stacked over
-                steps, as in ``Trace.choices``). Values for observed sites
-                replace the observation, as with ``numpyro.handlers.substitute``.
+                steps, as in ``Trace.choices``), and the indices of every
+                subsampled plate (as in ``Trace.subsamples``). Values for observed
+                sites replace the observation, as with ``numpyro.handlers.substitute``.
             *args, **kwargs: the model's arguments.
 
         Raises:

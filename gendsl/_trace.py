@@ -33,6 +33,8 @@ class Trace(eqx.Module):
         retval: the model's return value.
         deterministics: values of ``gendsl.deterministic`` sites.
         params: values of ``gendsl.param`` / ``gendsl.module`` sites.
+        subsamples: the indices drawn by each subsampled plate, by plate name;
+            ``assess({**trace.choices, **trace.subsamples})`` rescores the trace.
         score: total log density ``log p(choices)`` of the execution (one
             number per execution, so a vmapped trace has one per batch entry).
         observed: addresses of observed sites (static).
@@ -53,6 +55,7 @@ class Trace(eqx.Module):
     retval: Any
     deterministics: dict[str, Any]
     params: dict[str, Any]
+    subsamples: dict[str, jax.Array]
     score: jax.Array
     observed: tuple[str, ...] = eqx.field(static=True)
 
@@ -91,6 +94,7 @@ class Recorder(Messenger):
         self.deterministics: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
         self.param_constraints: dict[str, Any] = {}
+        self.subsamples: dict[str, Any] = {}
         self.infer: dict[str, dict] = {}
         self.fns: dict[str, Any] = {}
 
@@ -110,6 +114,11 @@ class Recorder(Messenger):
     def postprocess_message(self, msg) -> None:
         kind = msg["type"]
         name = msg.get("name")
+        if kind == "plate":
+            size, subsample_size = msg["args"]
+            if subsample_size is not None and subsample_size < size:
+                self.subsamples[name] = msg["value"]
+            return
         if kind == "param":
             self.params[name] = msg["value"]
             self.param_constraints[name] = msg["kwargs"].get("constraint")
@@ -151,6 +160,7 @@ class Recorder(Messenger):
             retval=retval,
             deterministics=dict(self.deterministics),
             params=dict(self.params),
+            subsamples=dict(self.subsamples),
             observed=tuple(self.observed),
         )
 

@@ -120,3 +120,19 @@ def test_errors_leave_handler_stack_clean():
     with pytest.raises(gendsl.ObservationError):
         simple.simulate(jax.random.key(0), jnp.zeros(4))
     assert _PYRO_STACK == []
+
+
+def test_assess_with_subsampled_plate_needs_the_indices():
+    @gendsl.model
+    def m(data):
+        mu = gendsl.sample("mu", dist.Normal(0.0, 1.0))
+        with gendsl.plate("data", 50, subsample_size=5) as idx:
+            gendsl.sample("x", dist.Normal(mu, 1.0), obs=data[idx])
+
+    d = jnp.arange(50.0)
+    tr = m.simulate(jax.random.key(0), d)
+    with pytest.raises(gendsl.MissingChoiceError, match=r"plate 'data' draws 5 of 50 indices; pass them"):
+        m.assess(tr.choices, d)
+    rescored = m.assess({**tr.choices, **tr.subsamples}, d)
+    assert jnp.allclose(rescored, tr.score)
+    assert tr.subsamples["data"].shape == (5,)
