@@ -22,8 +22,12 @@ _SPEC.loader.exec_module(cone)
 
 Z = 5.0
 N = 8_000
-MEAN_FIELD = {"mu1": 1.5, "mu2": -0.8, "log_sigma1": -0.3, "log_sigma2": 0.2}
-EXPRESSIVE = {"log_sigma1": -0.7, "log_sigma2": 0.1}
+# Fixed, untrained parameters near the ring (not an optimum of any objective). At the artifact's
+# initial values the log weights have standard deviations in the hundreds, so a 4-SE tolerance
+# would be tens of nats; here it is about 0.1 (0.05 for the hierarchical bounds), small enough that
+# IWHVI(4) for IWHVI(5), or IWELBO(4) for IWELBO(5), fails.
+MEAN_FIELD = {"mu1": 0.4, "mu2": 2.0, "log_sigma1": -1.6, "log_sigma2": -3.0}
+EXPRESSIVE = {"log_sigma1": -3.3, "log_sigma2": -2.7}
 
 
 # --- the same bounds, by hand ----------------------------------------------------------------
@@ -130,7 +134,9 @@ def test_trained_objectives_are_ordered_as_in_the_paper():
     # Each trained with its own objective (Table 4): the hierarchical bounds tighten with particles.
     at_least(value["DIWHVI(5,5)"], value["IWHVI(5)"], "trained DIWHVI(5,5) >= trained IWHVI(5)")
     at_least(value["IWHVI(5)"], value["HVI"], "trained IWHVI(5) >= trained HVI")
-    at_least(value["IWELBO(5)"], value["ELBO"], "trained IWELBO(5) >= trained ELBO")
+    # Not checked: trained IWELBO(5) >= trained ELBO. The paper's gap (0.3) is within the spread of
+    # IWELBO(5) between training seeds (sd 0.26 at 5,000 steps: the artifact trains it with one
+    # replicate per step), and some seeds reverse it. At the same parameters it is a theorem (below).
 
     # At the same parameters the orderings are theorems (Burda et al.; Sobolev & Vetrov).
     objectives = {name: spec[0] for name, spec in cone.experiments().items()}
