@@ -38,6 +38,8 @@ class Trace(eqx.Module):
         score: total log density ``log p(choices)`` of the execution (one
             number per execution, so a vmapped trace has one per batch entry).
         observed: addresses of observed sites (static).
+        site_plates: for each sample site, the plates it is in and their
+            dimensions, as ``((address, ((plate, dim), ...)), ...)`` (static).
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -58,11 +60,38 @@ class Trace(eqx.Module):
     subsamples: dict[str, jax.Array]
     score: jax.Array
     observed: tuple[str, ...] = eqx.field(static=True)
+    site_plates: tuple = eqx.field(static=True, default=())
 
     @property
     def latents(self) -> dict[str, Any]:
         """The choices of the unobserved sites."""
         return {k: v for k, v in self.choices.items() if k not in self.observed}
+
+    def plate_log_density(self, plate: str, addresses=None) -> jax.Array:
+        """Per-element log density of the sites in ``plate``: a vector over the plate.
+
+        Every site in ``addresses`` (default: all sites) must lie in the plate;
+        other dimensions are summed. Per-data-point bounds (IWAE) need this.
+        """
+        plates = dict(self.site_plates)
+        total = None
+        for address in self.log_probs if addresses is None else addresses:
+            dims = dict(plates.get(address, ()))
+            if plate not in dims:
+                raise AddressError(
+                    f"site '{address}' is not inside plate '{plate}'; a per-'{plate}' log density needs "
+                    f"every site in that plate (the site's plates: {sorted(dims) or 'none'})"
+                )
+            lp = jnp.asarray(self.log_probs[address])
+            dim = dims[plate]
+            if -dim > lp.ndim:
+                raise AddressError(f"site '{address}': its log density has no dimension {dim} for plate '{plate}'")
+            lp = jnp.moveaxis(lp, dim, 0)
+            lp = lp.reshape(lp.shape[0], -1).sum(axis=1)
+            total = lp if total is None else total + lp
+        if total is None:
+            raise AddressError(f"no sites to sum over plate '{plate}'")
+        return total
 
     def site_score(self, address: str) -> jax.Array:
         """Total log density of the site at ``address`` (of an unbatched trace)."""
@@ -97,6 +126,7 @@ class Recorder(Messenger):
         self.subsamples: dict[str, Any] = {}
         self.infer: dict[str, dict] = {}
         self.fns: dict[str, Any] = {}
+        self.site_plates: dict[str, tuple] = {}
 
     def process_message(self, msg) -> None:
         if msg["type"] != "sample":
@@ -137,6 +167,7 @@ class Recorder(Messenger):
         self.values[name] = value
         self.log_probs[name] = lp
         self.infer[name] = dict(msg.get("infer") or {})
+        self.site_plates[name] = tuple((f.name, f.dim) for f in msg.get("cond_indep_stack") or ())
         self.fns[name] = msg["fn"]
         if msg["is_observed"]:
             self.observed.append(name)
@@ -162,6 +193,7 @@ class Recorder(Messenger):
             params=dict(self.params),
             subsamples=dict(self.subsamples),
             observed=tuple(self.observed),
+            site_plates=tuple(self.site_plates.items()),
         )
 
 

@@ -455,7 +455,12 @@ def _estimate(fn, args, kwargs, key, ema, samples):
         s, value, terms, _ = _surrogate(fn, args, kwargs, k, [], ema, statics)
         return s, value, terms
 
-    s, values, terms = jax.vmap(replicate)(keys)
+    if samples == 1:
+        # No vmap for a single replicate: a batch axis of size one makes XLA:CPU
+        # transpose every matmul output (measured in benchmarks/vae_step.py).
+        s, values, terms = jax.tree_util.tree_map(lambda a: a[None], replicate(keys[0]))
+    else:
+        s, values, terms = jax.vmap(replicate)(keys)
     loo = (jnp.sum(values) - values) / (samples - 1) if samples > 1 else None
     total = s
     for address, dlq in terms.items():
