@@ -330,7 +330,7 @@ def _learned(params, *args):
 @gendsl.model
 def guide_with_learned_baseline():
     gendsl.param("b", 0.0)
-    theta = gendsl.param("theta", 0.0)
+    theta = gendsl.param("theta", -1.0)  # frozen at -1 while the baseline is fitted
     gendsl.sample("z", dist.Bernoulli(logits=theta), strategy=Reinforce(baseline=_learned))
 
 
@@ -348,6 +348,7 @@ def test_learned_baseline_is_unbiased_fits_and_reduces_variance():
     fitted = SVI(objective, opt).run(jax.random.key(0), 1500, progress=False).params
     value = float(objective.estimate(jax.random.key(1), fitted, samples=20000))
     assert abs(float(fitted["b"]) - value) < 0.5  # it learned E[f] up to SGD noise
+    assert float(fitted["theta"]) == -1.0
     learned = grads(objective, fitted, n=20000)["theta"]
     plain = grads(elbo(coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, n=20000)["theta"]
     ratio = float(np.var(plain) / np.var(learned))
