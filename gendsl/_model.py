@@ -234,7 +234,17 @@ class Model:
 
 
 class VmapModel:
-    """Batched ``simulate``/``assess``/``generate``; see ``Model.vmap``."""
+    """Batched ``simulate``/``assess``/``generate``; see ``Model.vmap`` and ``Model.repeat``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> @gendsl.model
+        ... def m():
+        ...     return gendsl.sample("z", dist.Normal(0.0, 1.0))
+        >>> particles = m.repeat(4).simulate(jax.random.key(0))
+        >>> m.repeat(4).assess(particles.choices).shape
+        (4,)
+    """
 
     def __init__(self, model: Model, in_axes, axis_size, constraints_axis) -> None:
         self.model = model

@@ -477,7 +477,17 @@ def _estimate(fn, args, kwargs, key, ema, samples):
 
 
 class Expectation:
-    """``E[F(params, *args)]`` over the random choices of ``F``; see ``expectation``."""
+    """``E[F(params, *args)]`` over the random choices of ``F``; create it with ``expectation``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import expectation, sim
+        >>> @gendsl.model
+        ... def q(mu):
+        ...     gendsl.sample("z", dist.Normal(mu, 1.0))
+        >>> square = expectation(lambda mu: sim(q)(mu)[0]["z"] ** 2)  # E = mu^2 + 1
+        >>> value, grad = jax.jit(square.value_and_grad)(jax.random.key(0), 2.0)
+    """
 
     def __init__(self, fn: Callable, models: tuple = ()) -> None:
         self.fn = fn

@@ -259,17 +259,49 @@ def hvi(model, guide, keep, *, proposal=None) -> Expectation:
     """Hierarchical VI: the ELBO of the marginal ``q(keep)`` of a guide with auxiliary sites.
 
     ``elbo(model, marginal(guide, keep, proposal=proposal, particles=1))``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import hvi
+        >>> @gendsl.model
+        ... def p():
+        ...     gendsl.sample("x", dist.Normal(0.0, 1.0))
+        >>> @gendsl.model
+        ... def q():
+        ...     u = gendsl.sample("u", dist.Normal(0.0, 1.0))      # auxiliary
+        ...     gendsl.sample("x", dist.Normal(u, gendsl.param("s", 1.0)))
+        >>> value = hvi(p, q, ["x"]).estimate(jax.random.key(0), {"s": 1.0}, samples=1000)
     """
     return elbo(model, marginal(guide, keep, proposal=proposal, particles=1))
 
 
 def iwhvi(model, guide, keep, particles: int, *, proposal=None) -> Expectation:
-    """Importance-weighted HVI (Sobolev & Vetrov 2019): ``elbo`` of ``marginal(..., particles=m)``."""
+    """Importance-weighted HVI (Sobolev & Vetrov 2019): ``elbo`` of ``marginal(..., particles=m)``.
+
+    Example:
+        >>> import gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import iwhvi
+        >>> @gendsl.model
+        ... def q():
+        ...     u = gendsl.sample("u", dist.Normal(0.0, 1.0))
+        ...     gendsl.sample("x", dist.Normal(u, 1.0))
+        >>> objective = iwhvi(q, q, keep=["x"], particles=5)  # q as its own model: the bound is <= 0
+    """
     return elbo(model, marginal(guide, keep, proposal=proposal, particles=particles))
 
 
 def diwhvi(model, guide, keep, outer: int, inner: int, *, proposal=None) -> Expectation:
-    """Doubly importance-weighted HVI: ``iwelbo(outer)`` of ``marginal(..., particles=inner)``."""
+    """Doubly importance-weighted HVI: ``iwelbo(outer)`` of ``marginal(..., particles=inner)``.
+
+    Example:
+        >>> import gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import diwhvi
+        >>> @gendsl.model
+        ... def q():
+        ...     u = gendsl.sample("u", dist.Normal(0.0, 1.0))
+        ...     gendsl.sample("x", dist.Normal(u, 1.0))
+        >>> objective = diwhvi(q, q, keep=["x"], outer=5, inner=5)
+    """
     return iwelbo(model, marginal(guide, keep, proposal=proposal, particles=inner), outer)
 
 
@@ -277,7 +309,22 @@ def p_wake(model, guide, particles: int) -> Expectation:
     """Reweighted wake-sleep, model update (Bornschein & Bengio 2015).
 
     IWELBO(K) with the guide's parameters stopped: its gradient in the model's
-    parameters is ``sum_k w̄_k ∇θ log p(x, z_k)``.
+    parameters is ``sum_k w̄_k ∇θ log p(x, z_k)``. Train the model with it and the
+    guide with ``q_wake`` (two optimizers, or one objective that adds both).
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import p_wake
+        >>> @gendsl.model
+        ... def p():
+        ...     z = gendsl.sample("z", dist.Normal(gendsl.param("mu", 0.0), 1.0))
+        ...     gendsl.sample("x", dist.Normal(z, 1.0), obs=1.0)
+        >>> @gendsl.model
+        ... def q():
+        ...     gendsl.sample("z", dist.Normal(gendsl.param("m", 0.0), 1.0))
+        >>> g = p_wake(p, q, 5).grad(jax.random.key(0), {"mu": 0.0, "m": 0.0})
+        >>> float(g["m"])  # the guide is left alone
+        0.0
     """
     _check_particles("p_wake", particles)
     p, q = gendsl.model(model), _program(guide)
@@ -295,6 +342,20 @@ def q_wake(model, guide, particles: int) -> Expectation:
 
     Its gradient, ``sum_k w̄_k ∇φ log q(z_k)``, is the self-normalized estimate
     of ``-∇φ KL(p(z|x) || q(z))``.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import q_wake
+        >>> @gendsl.model
+        ... def p():
+        ...     z = gendsl.sample("z", dist.Normal(gendsl.param("mu", 0.0), 1.0))
+        ...     gendsl.sample("x", dist.Normal(z, 1.0), obs=1.0)
+        >>> @gendsl.model
+        ... def q():
+        ...     gendsl.sample("z", dist.Normal(gendsl.param("m", 0.0), 1.0))
+        >>> g = q_wake(p, q, 5).grad(jax.random.key(0), {"mu": 0.0, "m": 0.0})
+        >>> float(g["mu"])  # the model is left alone
+        0.0
     """
     _check_particles("q_wake", particles)
     p, q = gendsl.model(model), gendsl.model(guide)
@@ -317,6 +378,18 @@ def sleep(model, guide, observed: str) -> Expectation:
 
     The model is run forward with its observed site ``observed`` sampled
     instead of observed; the sampled value replaces the guide's first argument.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import sleep
+        >>> @gendsl.model
+        ... def p(x):
+        ...     z = gendsl.sample("z", dist.Normal(0.0, 1.0))
+        ...     gendsl.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> @gendsl.model
+        ... def q(x):
+        ...     gendsl.sample("z", dist.Normal(gendsl.param("a", 0.0) * x, 1.0))
+        >>> g = sleep(p, q, observed="x").grad(jax.random.key(0), {"a": 0.0}, 1.0)
     """
     p, q = gendsl.model(model), gendsl.model(guide)
 

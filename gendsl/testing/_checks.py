@@ -11,7 +11,14 @@ __all__ = ["assert_unbiased", "draw_estimates"]
 
 
 def draw_estimates(estimator: Callable, key, n: int):
-    """``n`` independent draws of ``estimator(key)``, jitted and vmapped over keys."""
+    """``n`` independent draws of ``estimator(key)``, jitted and vmapped over keys.
+
+    Example:
+        >>> import jax
+        >>> from gendsl.testing import draw_estimates
+        >>> draw_estimates(lambda k: jax.random.normal(k), jax.random.key(0), 5).shape
+        (5,)
+    """
     keys = jax.random.split(key, n)
     return jax.jit(jax.vmap(estimator))(keys)
 
