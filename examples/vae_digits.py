@@ -1,14 +1,23 @@
 """A variational autoencoder on scikit-learn's handwritten digits (ships with scikit-learn).
 
-The 1,797 8x8 images (17 grey levels) are binarized at half intensity. The
-first 1,500 images train the model; the last 297 are held out.
+The 1,797 8x8 images (17 grey levels) are binarized at half intensity (static
+binarization). The first 1,500 images train the model; the last 297 are held out.
 
-Run it as a script:
+This file follows the program convention of ``gendsl fit`` (``model``, ``guide``,
+``data()``, ``defaults``, ``image_shape``), so the command-line workflow is
 
-    python examples/vae_digits.py --steps 20000
+    gendsl fit examples/vae_digits.py                 # 3,000 steps, writes runs/vae_digits/
+    gendsl eval examples/vae_digits.py --run runs/vae_digits
+    gendsl sample examples/vae_digits.py --run runs/vae_digits -n 64
 
-This file also follows the program convention of ``gendsl fit``: it defines
-``model``, ``guide`` and ``data()``.
+It also runs as a plain script, which trains with the same defaults and prints
+the held-out ELBO before and after training and the IWAE-50 bound:
+
+    python examples/vae_digits.py --steps 3000
+
+With 1,500 training images the held-out ELBO is best after about 2,000-5,000
+steps (about -18.6 nats per image); longer training overfits (-20.1 after
+20,000 steps).
 """
 
 import argparse
@@ -52,11 +61,16 @@ def data():
     return binary[:1500], binary[1500:]
 
 
+# Options for `gendsl fit` (the command line overrides them); the script below uses them too.
+defaults = {"steps": 3000, "batch_size": 100, "lr": 3e-3, "checkpoint_every": 500}
+image_shape = (8, 8)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--steps", type=int, default=defaults["steps"])
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    parser.add_argument("--lr", type=float, default=defaults["lr"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -67,7 +81,11 @@ def main():
 
     held_out = iwelbo(model, guide, 50)
     bound = jax.jit(lambda k, p, x: elbo(model, guide).estimate(k, p, x, samples=10) / x.shape[0])
-    iw_bound = jax.jit(lambda k, p, x: held_out.estimate(k, p, x) / x.shape[0])
+
+    def iw_bound(k, p, x):
+        """IWAE-50 per image: each image's own importance-weighted bound, averaged."""
+        keys = jax.random.split(k, x.shape[0])
+        return jax.jit(jax.vmap(lambda kk, xi: held_out.estimate(kk, p, xi[None])))(keys, x).mean()
 
     state = svi.init(key, train[: args.batch_size])
     before = float(bound(key, svi.constrain(state.params), test))

@@ -1,0 +1,223 @@
+"""Command-line options: their types, defaults, and how a program's ``defaults`` merge in.
+
+Precedence: an option given on the command line, then the program's
+``defaults = {...}``, then the built-in default below. Every value, whichever
+its source, passes through the same check, so a bad value in ``defaults`` is
+reported exactly like a bad command-line value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gendsl.cli._errors import CLIError
+
+__all__ = ["Option", "FIT_OPTIONS", "OPTIMIZERS", "merge", "add_options"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop", "adagrad", "adabelief")
+SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def positive_int(value) -> int:
+    """An int >= 1 (from an int or a string)."""
+    number = _int(value)
+    if number < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def natural_int(value) -> int:
+    """An int >= 0."""
+    number = _int(value)
+    if number < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return number
+
+
+def _int(value) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).replace("_", ""))
+    except ValueError:
+        raise ValueError(f"expected an integer, got {value!r}") from None
+
+
+def positive_float(value) -> float:
+    """A finite float > 0."""
+    number = _float(value)
+    if not number > 0 or not math.isfinite(number):
+        raise ValueError(f"expected a positive finite number, got {value!r}")
+    return number
+
+
+def _float(value) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
+def real(value) -> float:
+    """A finite float."""
+    number = _float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def optional(check: Callable) -> Callable:
+    """``check``, or None for ``None`` / ``"none"``."""
+
+    def run(value):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "full", "")):
+            return None
+        return check(value)
+
+    run.__name__ = check.__name__
+    return run
+
+
+def one_of(*names: str) -> Callable:
+    """A string among ``names`` (case-insensitive)."""
+
+    def run(value):
+        text = str(value).lower()
+        if text not in names:
+            raise ValueError(f"expected one of {', '.join(names)}; got {value!r}")
+        return text
+
+    return run
+
+
+def text(value) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def strategy_list(value) -> list[str]:
+    """A list of strategy rules (``NAME`` or ``PATTERN=NAME``); syntax is checked where they are built."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"expected a strategy rule such as 'enum' or 'z=reinforce', or a list of them; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One ``gendsl fit`` option."""
+
+    name: str
+    check: Callable
+    default: Any
+    help: str
+    metavar: str | None = None
+
+
+FIT_OPTIONS = (
+    Option("objective", optional(text), None,
+           "objective to maximize: elbo, elbo-stl, iwelbo, iwelbo-dreg, vimco, renyi, rws, or 'program' for the "
+           "program's own `objective` (the default when the program defines one; otherwise elbo)", "NAME"),
+    Option("particles", optional(positive_int), None,
+           "particles K: importance samples for iwelbo/iwelbo-dreg/vimco/renyi/rws (default 5), or independent "
+           "replicates averaged per step for elbo/elbo-stl (default 1)", "K"),
+    Option("alpha", real, 0.5, "alpha of the renyi objective (default 0.5)", "A"),
+    Option("strategy", strategy_list, [],
+           "gradient strategy rule for guide sites, repeatable: NAME applies to every site that cannot be "
+           "reparameterized, PATTERN=NAME to the sites matching the fnmatch pattern; NAME is reparam, enum, mvd, "
+           "reinforce (EMA baseline), reinforce:loo, reinforce:none or reinforce:<constant>", "RULE"),
+    Option("steps", positive_int, 1000, "total optimization steps (with --resume: the total to reach) "
+           "(default 1000)", "N"),
+    Option("batch_size", optional(positive_int), None,
+           "minibatch size: each step sees B random data points of the training data (default: all of it)", "B"),
+    Option("lr", positive_float, 1e-3, "learning rate (default 1e-3)", "LR"),
+    Option("optimizer", one_of(*OPTIMIZERS), "adam", f"optax optimizer: {', '.join(OPTIMIZERS)} (default adam)",
+           "NAME"),
+    Option("schedule", one_of(*SCHEDULES), "constant",
+           "learning-rate schedule: constant, or cosine decay to 0 over --steps (default constant)", "NAME"),
+    Option("clip", optional(positive_float), None, "clip gradients to this global norm (default: no clipping)",
+           "NORM"),
+    Option("seed", natural_int, 0, "random seed (default 0)", "S"),
+    Option("chunk_size", positive_int, 100,
+           "steps per compiled call; the progress bar, metrics and the non-finite check update once per chunk "
+           "(default 100)", "N"),
+    Option("checkpoint_every", positive_int, 1000,
+           "write a checkpoint (and evaluate the held-out ELBO) every N steps (default 1000)", "N"),
+    Option("per_point", one_of("auto", "on", "off"), "auto",
+           "evaluate multi-particle objectives (iwelbo, vimco, renyi, rws) per data point and sum, as in the IWAE "
+           "paper: auto means on with --batch-size (default auto)", "auto|on|off"),
+    Option("posterior_draws", positive_int, 1000, "guide draws in posterior.nc (default 1000, fewer for large "
+           "latents)", "N"),
+    Option("posterior_points", positive_int, 100,
+           "with --batch-size, posterior.nc covers the first N training points (default 100)", "N"),
+    Option("data", optional(text), None, "path passed to the program's data(path) (default: none)", "PATH"),
+    Option("model", optional(text), None, "name of the model in the program (default: `model`)", "NAME"),
+    Option("guide", optional(text), None,
+           "name of the guide in the program, or 'auto' for a mean-field normal guide (default: `guide`)", "NAME"),
+    Option("device", one_of(*DEVICES), "auto", "run on cpu or gpu (default: JAX's default device)", "cpu|gpu"),
+    Option("out", optional(text), None, "output directory (default: runs/<program name>)", "DIR"),
+)
+
+BY_NAME = {o.name: o for o in FIT_OPTIONS}
+
+
+def add_options(parser: argparse.ArgumentParser, options=FIT_OPTIONS) -> None:
+    """Add ``options`` to ``parser``; every one defaults to None so that given values are recognizable."""
+    for option in options:
+        flag = "--" + option.name.replace("_", "-")
+        if option.name == "strategy":
+            parser.add_argument(flag, action="append", default=None, help=option.help, metavar=option.metavar)
+        else:
+            parser.add_argument(flag, default=None, help=option.help, metavar=option.metavar)
+
+
+def check(name: str, value: Any, where: str) -> Any:
+    """``value`` converted by option ``name``'s check; a bad value is a one-line ``CLIError`` naming ``where``."""
+    try:
+        return BY_NAME[name].check(value)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"{where}: {exc}") from None
+
+
+def merge(given: Mapping[str, Any], defaults: Mapping[str, Any], program_path: str) -> dict[str, Any]:
+    """The resolved options: given (command line) over the program's ``defaults`` over the built-in defaults.
+
+    Raises:
+        CLIError: an unknown key in ``defaults``, or a value that fails its check.
+    """
+    normalized = {}
+    for key, value in defaults.items():
+        name = str(key).replace("-", "_")
+        if name not in BY_NAME:
+            known = ", ".join(sorted(BY_NAME))
+            raise CLIError(f"{program_path}: defaults: unknown option {key!r}; the options are {known}")
+        normalized[name] = value
+    resolved = {}
+    for option in FIT_OPTIONS:
+        if given.get(option.name) is not None:
+            flag = "--" + option.name.replace("_", "-")
+            resolved[option.name] = check(option.name, given[option.name], f"argument {flag}")
+        elif option.name in normalized:
+            where = f"{program_path}: defaults[{option.name!r}]"
+            resolved[option.name] = check(option.name, normalized[option.name], where)
+        else:
+            resolved[option.name] = option.default
+    if resolved["out"] is None:
+        stem = os.path.splitext(os.path.basename(program_path))[0]
+        resolved["out"] = os.path.join("runs", stem)
+    return resolved

@@ -1,0 +1,139 @@
+"""``gendsl sample``: draws from the trained model.
+
+``--from prior`` (the default) runs the model forward with the trained
+parameters: latents from the prior, observations from the likelihood (for a
+VAE: new images). ``--from posterior`` draws the latents from the guide given
+the training data and then the observations (for a VAE: reconstructions of the
+first ``N`` training images; for eight schools: posterior predictive draws).
+
+Writes ``samples.npz`` (every site, a leading axis of draws; addresses with
+``/`` are saved with ``.``) and, when the observations are images (the
+program's ``image_shape``, or a square number of pixels with values in [0, 1]),
+``samples.png``: a grid of the observation distribution's means (the
+probabilities, for Bernoulli pixels), which shows more than binary draws.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gendsl import handlers
+from gendsl.cli._checkpoint import atomic_write
+from gendsl.cli._errors import CLIError
+from gendsl.cli._program import take
+from gendsl.cli._run import open_run
+
+__all__ = ["sample"]
+
+
+def _site_values(trace, observed):
+    values = {n: s["value"] for n, s in trace.items() if s["type"] in ("sample", "deterministic")}
+    means = {}
+    for name in observed:
+        with contextlib.suppress(NotImplementedError, ValueError, TypeError):  # not every distribution has a mean
+            means[name] = jnp.broadcast_to(trace[name]["fn"].mean, jnp.shape(trace[name]["value"]))
+    return values, means
+
+
+def sample(args) -> int:
+    """Run ``gendsl sample``; returns the exit code."""
+    run = open_run(args.program, args.run, args.data)
+    setup, params = run.setup, run.params
+    n, kind = args.n, args.source
+    key = jax.random.key(args.seed)
+    observed = setup.program.call(
+        "in the model", lambda: jax.eval_shape(lambda k: setup.model.simulate(k, setup.first), key).observed
+    )
+    free = handlers.uncondition(setup.model.bind(params))
+    guide = setup.guide.bind(params)
+
+    def draw(k, x):
+        k_guide, k_model = jax.random.split(k)
+        fn = free
+        if kind == "posterior":
+            fn = handlers.substitute(free, data=guide.simulate(k_guide, x).latents)
+        trace = handlers.trace(handlers.seed(fn, key=k_model)).get_trace(x)
+        return _site_values(trace, observed)
+
+    if setup.batched:
+        # One execution over N data points: each point gets its own latents and observation.
+        if kind == "posterior" and n > setup.n_train:
+            raise CLIError(f"-n {n}: --from posterior reconstructs training points; there are {setup.n_train}")
+        template = take(setup.data.train, jnp.arange(n) % setup.n_train)
+        values, means = setup.program.call("in the model", jax.jit(draw), key, template)
+    else:
+        keys = jax.random.split(key, n)
+        values, means = setup.program.call("in the model", jax.jit(jax.vmap(draw, in_axes=(0, None))), keys,
+                                           setup.data.train)
+    out = args.out or run.folder
+    os.makedirs(out, exist_ok=True)
+    arrays = {name.replace("/", "."): np.asarray(v) for name, v in values.items()}
+    arrays.update({f"{name.replace('/', '.')}.mean": np.asarray(v) for name, v in means.items()})
+    npz = os.path.join(out, "samples.npz")
+    atomic_write(npz, lambda f: np.savez(f, **arrays))
+    print(f"{n} draws from the {'prior' if kind == 'prior' else 'posterior'} of the trained model "
+          f"(step {run.meta.get('step')}) -> {npz}")
+    for name, v in values.items():
+        v = np.asarray(v)
+        kind_ = "observed" if name in observed else "latent"
+        print(f"  {name:<16} {kind_:<9} shape {v.shape!s:<16} mean {v.mean():.4g}  sd {v.std():.4g}")
+    for name in observed:
+        shape = _image_shape(setup.program.get("image_shape"), means.get(name, values[name]), args.image_shape)
+        if shape is not None:
+            png = os.path.join(out, "samples.png")
+            _grid(np.asarray(means.get(name, values[name])), shape, png,
+                  f"{os.path.basename(args.program)}: {n} {kind} draws of '{name}'"
+                  + (" (means)" if name in means else ""))
+            print(f"image grid of '{name}' -> {png}")
+            break
+    return 0
+
+
+def _image_shape(declared, values, given):
+    if given is not None:
+        return given
+    per_draw = int(np.prod(np.shape(values)[1:]))
+    if declared is not None:
+        shape = tuple(int(d) for d in declared)
+        if math.prod(shape) != per_draw:
+            raise CLIError(f"image_shape {shape} has {math.prod(shape)} pixels, but a draw has {per_draw} numbers")
+        return shape
+    side = math.isqrt(per_draw)
+    v = np.asarray(values)
+    if side * side == per_draw and side >= 4 and v.min() >= 0.0 and v.max() <= 1.0:
+        return (side, side)
+    return None
+
+
+def _grid(values: np.ndarray, shape, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    n = values.shape[0]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w = shape[0], shape[1] if len(shape) > 1 else 1
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), 0.2)  # light grey separators
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
+            values[i].reshape(h, w)
+        )
+    fig, ax = plt.subplots(figsize=(min(12, 0.6 + cols * 0.7), min(12, 0.9 + rows * 0.7)))
+    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))

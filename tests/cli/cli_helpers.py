@@ -1,0 +1,27 @@
+"""Shared constants and helpers of the command-line tests (the fixtures are in conftest.py)."""
+
+import os
+import pathlib
+
+PROGRAMS = pathlib.Path(__file__).resolve().parent / "programs"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+NORMAL_MODELS = '''
+import jax.numpy as jnp
+import gendsl, gendsl.distributions as dist
+
+@gendsl.model
+def model(x):
+    mu = gendsl.sample("mu", dist.Normal(0.0, 10.0))
+    with gendsl.plate("data", x.shape[0]):
+        gendsl.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+@gendsl.model
+def guide(x):
+    gendsl.sample("mu", dist.Normal(gendsl.param("loc", 0.0), 1.0))
+'''
+
+
+def listing(folder):
+    """Files under ``folder`` (empty if it does not exist)."""
+    return sorted(os.listdir(folder)) if os.path.exists(folder) else []
