@@ -93,6 +93,9 @@ class Model:
             raise TypeError(f"gendsl.model expects a function, got {type(fn).__name__}")
         self.fn = fn
         functools.update_wrapper(self, fn, updated=[])
+        # A compile cache, like jax.jit's own: built on first use, never read by traced code.
+        self._init_jit: Callable | None = None
+        self._init_constraints: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<gendsl.Model {getattr(self.fn, '__qualname__', repr(self.fn))}>"
@@ -175,21 +178,21 @@ class Model:
     def init_with_constraints(self, key, *args, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         """``init``, plus each parameter's constraint (``None`` means unconstrained).
 
-        The model runs once under ``jit``: for a network-sized model, compiling
-        the whole initialization is much faster than executing it op by op.
+        The model runs under ``jit``, compiled once per argument signature: for a
+        network-sized model that is much faster than executing it op by op.
         """
-        static: dict[str, Any] = {}
+        if self._init_jit is None:
 
-        @eqx.filter_jit
-        def run(key, args, kwargs):
-            rec = Recorder()
-            with rec, seed(key=key):
-                self.fn(*args, **kwargs)
-            static["constraints"] = rec.param_constraints
-            return rec.params
+            def run(key, args, kwargs):
+                rec = Recorder()
+                with rec, seed(key=key):
+                    self.fn(*args, **kwargs)
+                self._init_constraints = rec.param_constraints  # static: set while tracing
+                return rec.params
 
-        params = run(as_key(key), args, kwargs)
-        return params, static["constraints"]
+            self._init_jit = eqx.filter_jit(run)
+        params = self._init_jit(as_key(key), args, kwargs)
+        return params, dict(self._init_constraints)
 
     def bind(self, params: Mapping[str, Any]) -> Model:
         """The same model with its parameters set to ``params``.

@@ -38,9 +38,10 @@ def to_inference_data(
         *args, **kwargs: the programs' arguments (the data).
         key: PRNG key for the draws.
         num_samples: draws (one chain).
-        model: the model; if given, the result also has ``observed_data`` and a
+        model: the model; if given, the result also has ``observed_data``, a
             ``log_likelihood`` group (each observed site's pointwise log density
-            at each draw, as ``arviz.loo`` expects).
+            at each draw, as ``arviz.loo`` expects), and the model's
+            ``gendsl.deterministic`` sites in the posterior group.
 
     Returns:
         An ``InferenceData`` with a ``posterior`` group of shape ``(1, num_samples, ...)``.
@@ -68,10 +69,11 @@ def to_inference_data(
 
         def score(k, choices):
             tr, _ = bound.generate(k, choices, *args, **kwargs)
-            return tr.log_probs, {a: tr.choices[a] for a in tr.observed}
+            return tr.log_probs, {a: tr.choices[a] for a in tr.observed}, tr.deterministics
 
         keys = jax.random.split(k_model, num_samples)
-        log_probs, observed = jax.jit(jax.vmap(score))(keys, draws)
+        log_probs, observed, deterministics = jax.jit(jax.vmap(score))(keys, draws)
+        posterior.update({_name(a): np.asarray(v)[None] for a, v in deterministics.items()})
         groups["observed_data"] = {_name(a): np.asarray(v[0]) for a, v in observed.items()}
         groups["log_likelihood"] = {_name(a): np.asarray(log_probs[a])[None] for a in observed}
     return az.from_dict(**groups)

@@ -233,7 +233,7 @@ class SVI:
         try:
             while done < num_steps:
                 length = min(chunk_size, num_steps - done)
-                new_state, info = chunk(state, (jax.random.fold_in(k_batches, done), data, rest), length)
+                new_state, info = chunk(state, (k_batches, data, rest), length)
                 objective = np.asarray(info["objective"])
                 finite = np.asarray(info["finite"])
                 if compiled_at is None:
@@ -264,7 +264,10 @@ class SVI:
             def body(carry, i):
                 s, alive = carry
                 if batch_size:
-                    idx = jax.random.choice(jax.random.fold_in(key, i), n_data, (batch_size,), replace=False)
+                    # Indexed by the global step, so a run continued from a saved
+                    # state draws the same minibatches as an uninterrupted one.
+                    step_key = jax.random.fold_in(key, s.step)
+                    idx = jax.random.choice(step_key, n_data, (batch_size,), replace=False)
                     args = (_take(data, idx), *rest)
                 else:
                     args = (data, *rest) if data is not None else ()

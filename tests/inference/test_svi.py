@@ -187,3 +187,14 @@ def test_arviz_export_with_log_likelihood():
     expected = -0.5 * np.log(2 * np.pi) - 0.5 * (np.asarray(X)[None, :] - mu[0][:, None]) ** 2
     np.testing.assert_allclose(ll[0], expected, rtol=1e-4, atol=1e-4)
     assert np.isfinite(az.loo(idata).elpd_loo)
+
+
+def test_run_continued_from_a_state_matches_an_uninterrupted_run():
+    data = jnp.linspace(-1.0, 3.0, 40)
+    svi = SVI(elbo(normal_model, normal_guide()), optax.adam(0.05))
+    whole = svi.run(jax.random.key(3), 250, data, batch_size=8, chunk_size=100, progress=False)
+    first = svi.run(jax.random.key(3), 90, data, batch_size=8, chunk_size=100, progress=False)
+    rest = svi.run(jax.random.key(3), 160, data, batch_size=8, chunk_size=100, progress=False, state=first.state)
+    for k in whole.params:
+        np.testing.assert_array_equal(np.asarray(whole.params[k]), np.asarray(rest.params[k]))
+    np.testing.assert_array_equal(whole.objective[90:], rest.objective)
