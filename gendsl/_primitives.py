@@ -98,21 +98,28 @@ def prng_key(name: str) -> jax.Array | None:
         raise NoKeyError(
             f"prng_key('{name}') needs a key in scope: wrap the caller in gendsl.handlers.seed"
         )
-    msg = {
-        "type": "prng_key",
-        "gendsl_address": name,
-        "fn": lambda rng_key: rng_key,
-        "args": (),
-        "kwargs": {"rng_key": None},
-        "value": None,
-    }
-    value = apply_stack(msg)["value"]
+    value = request_key(name)
     if value is None:
         raise NoKeyError(
             f"prng_key('{name}') found no seed handler: run through model.simulate(key, ...) "
             "or gendsl.handlers.seed"
         )
     return value
+
+
+def request_key(address: str) -> jax.Array | None:
+    """The key the handler stack gives ``address``, or None when no seed handler is active."""
+    if not _PYRO_STACK:
+        return None
+    msg = {
+        "type": "prng_key",
+        "gendsl_address": address,
+        "fn": lambda rng_key: rng_key,
+        "args": (),
+        "kwargs": {"rng_key": None},
+        "value": None,
+    }
+    return apply_stack(msg)["value"]
 
 
 def param(

@@ -36,6 +36,7 @@ from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
 from gendsl._address import join, site_key
 from gendsl._errors import AddressError, GendslError, NoKeyError
 from gendsl._model import RequireValues, missing_choice
+from gendsl._primitives import request_key
 from gendsl._seed import strategy as _strategy
 from gendsl._trace import _check_observation
 
@@ -81,7 +82,7 @@ def scan(
         raise TypeError(f"scan: expected a non-empty str address, got {name!r}")
     n = _length(name, xs, length)
     outer = list(reversed(_PYRO_STACK))  # innermost first, as apply_stack visits them
-    key = _loop_key(name)
+    key = request_key(name)
     sites: dict[str, dict] = {}  # static metadata of the body's sites, filled while tracing
 
     def step(carry, inputs):
@@ -113,20 +114,6 @@ def _length(name: str, xs: Any, length: int | None) -> int:
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"scan '{name}': length must be a positive int, got {length!r}")
     return length
-
-
-def _loop_key(name: str) -> jax.Array | None:
-    if not _PYRO_STACK:
-        return None
-    msg = {
-        "type": "prng_key",
-        "gendsl_address": name,
-        "fn": lambda rng_key: rng_key,
-        "args": (),
-        "kwargs": {"rng_key": None},
-        "value": None,
-    }
-    return apply_stack(msg)["value"]
 
 
 class _Stacked:
