@@ -17,6 +17,7 @@ from gendsl.inference._objectives import (
     p_wake,
     q_wake,
     renyi,
+    rws,
     sleep,
     vimco,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "p_wake",
     "q_wake",
     "renyi",
+    "rws",
     "sleep",
     "to_inference_data",
     "vimco",

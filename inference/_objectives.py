@@ -37,6 +37,7 @@ __all__ = [
     "p_wake",
     "q_wake",
     "renyi",
+    "rws",
     "sleep",
     "vimco",
 ]
@@ -370,6 +371,49 @@ def q_wake(model, guide, particles: int) -> Expectation:
         return jnp.sum(sg(jax.nn.softmax(log_w)) * log_q)
 
     objective.__name__ = f"q_wake{particles}"
+    return expectation(objective, models=_models(p, q))
+
+
+def rws(model, guide, particles: int) -> Expectation:
+    """Reweighted wake-sleep in one objective: ``p_wake`` for the model, ``q_wake`` for the guide.
+
+    The value is ``p_wake``'s (IWELBO(K)); ``q_wake`` enters only through its
+    gradient (it is added as ``t - sg(t)``), which reaches only the guide's
+    parameters, while ``p_wake``'s reaches only the model's. One optimizer
+    can therefore train both.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import p_wake, q_wake, rws
+        >>> @gendsl.model
+        ... def p():
+        ...     z = gendsl.sample("z", dist.Normal(gendsl.param("mu", 0.0), 1.0))
+        ...     gendsl.sample("x", dist.Normal(z, 1.0), obs=1.0)
+        >>> @gendsl.model
+        ... def q():
+        ...     gendsl.sample("z", dist.Normal(gendsl.param("m", 0.0), 1.0))
+        >>> params, key = {"mu": 0.0, "m": 0.0}, jax.random.key(0)
+        >>> g = rws(p, q, 5).grad(key, params)  # the same particles as each phase alone:
+        >>> bool(g["mu"] == p_wake(p, q, 5).grad(key, params)["mu"])
+        True
+        >>> bool(g["m"] == q_wake(p, q, 5).grad(key, params)["m"])
+        True
+    """
+    _check_particles("rws", particles)
+    p, q = gendsl.model(model), gendsl.model(guide)
+
+    def objective(params, *args, **kwargs):
+        # One set of particles serves both phases, as in reweighted wake-sleep.
+        def particle():
+            z, log_q_draw = sim(q.bind(sg(params)))(*args, **kwargs)
+            log_w = density(p.bind(params))(z, *args, **kwargs) - log_q_draw
+            return log_w, density(q.bind(params))(sg(z), *args, **kwargs)
+
+        log_w, log_q = repeat(particles, particle)()
+        guide_term = jnp.sum(sg(jax.nn.softmax(log_w)) * log_q)
+        return jax.nn.logsumexp(log_w) - jnp.log(particles) + (guide_term - sg(guide_term))
+
+    objective.__name__ = f"rws{particles}"
     return expectation(objective, models=_models(p, q))
 
 

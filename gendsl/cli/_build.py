@@ -41,9 +41,8 @@ from gendsl.inference import (
     elbo,
     expectation,
     iwelbo,
-    p_wake,
-    q_wake,
     renyi,
+    rws,
     vimco,
 )
 
@@ -53,22 +52,6 @@ sg = jax.lax.stop_gradient
 
 OBJECTIVES = ("elbo", "elbo-stl", "iwelbo", "iwelbo-dreg", "vimco", "renyi", "rws")
 MULTI_PARTICLE = ("iwelbo", "iwelbo-dreg", "vimco", "renyi", "rws")
-
-
-def rws(model, guide, particles: int) -> Expectation:
-    """Reweighted wake-sleep: ``p_wake`` (model update) plus ``q_wake`` (guide update) in one objective.
-
-    The value is ``p_wake``'s (the IWELBO); ``q_wake`` enters only through its
-    gradient, which reaches only the guide's parameters.
-    """
-    pw, qw = p_wake(model, guide, particles), q_wake(model, guide, particles)
-
-    def objective(params, *args, **kwargs):
-        wake_q = qw.fn(params, *args, **kwargs)
-        return pw.fn(params, *args, **kwargs) + (wake_q - sg(wake_q))
-
-    objective.__name__ = f"rws{particles}"
-    return expectation(objective, models=pw.models)
 
 
 @dataclasses.dataclass

@@ -349,3 +349,16 @@ def test_per_datapoint_iwelbo_matches_the_iwae_bound():
 
     with pytest.raises(gendsl.AddressError, match=r"site 'mu' is not inside plate 'data'"):
         iwelbo(global_latent, q2, 2, plate="data").estimate(jax.random.key(0), params, x)
+
+
+def test_rws_combines_p_wake_and_q_wake():
+    from gendsl.inference import rws
+
+    key = jax.random.key(4)
+    g = rws(coin, coin_guide(REINFORCE), 3).grad(key, PARAMS)
+    g_p = p_wake(coin, coin_guide(REINFORCE), 3).grad(key, PARAMS)
+    g_q = q_wake(coin, coin_guide(REINFORCE), 3).grad(key, PARAMS)
+    np.testing.assert_allclose(float(g["prior"]), float(g_p["prior"]), rtol=1e-6)
+    np.testing.assert_allclose(float(g["theta"]), float(g_q["theta"]), rtol=1e-6)
+    value = rws(coin, coin_guide(REINFORCE), 3).estimate(key, PARAMS)
+    np.testing.assert_allclose(float(value), float(p_wake(coin, coin_guide(REINFORCE), 3).estimate(key, PARAMS)))
