@@ -546,22 +546,17 @@ class Expectation:
         ema = dict(baselines or {})
         key = as_key(key)
 
+        table: dict[str, Reinforce] = {}  # the sites' strategies, static: filled while tracing
+
         def surrogate(p):
             s, value, statics = _estimate(self.fn, (p, *args), kwargs, key, ema, samples)
-            return s, (value, statics)
-
-        # The static strategy table is filled while tracing; compute it via a closure.
-        table: dict[str, Reinforce] = {}
-
-        def wrapped(p):
-            s, (value, statics) = surrogate(p)
             table.update(statics)
             return s, value
 
-        (_, value), grads = jax.value_and_grad(wrapped, has_aux=True)(params)
+        (_, value), grads = jax.value_and_grad(surrogate, has_aux=True)(params)
         new = dict(ema)
         for address, strategy in table.items():
-            if strategy.baseline == "ema":
+            if isinstance(strategy.baseline, str) and strategy.baseline == "ema":
                 old = ema.get(address, value)
                 new[address] = strategy.decay * old + (1 - strategy.decay) * sg(value)
         return value, grads, new
