@@ -7,12 +7,16 @@ gap. Loop addresses contain ``/``, which netCDF forbids in variable names, so
 
 from __future__ import annotations
 
-import arviz as az
+from typing import TYPE_CHECKING
+
 import jax
 import numpy as np
 
 import gendsl
 from gendsl._address import as_key
+
+if TYPE_CHECKING:
+    import arviz as az
 
 __all__ = ["to_inference_data"]
 
@@ -56,6 +60,8 @@ def to_inference_data(
         >>> round(float(idata.posterior["mu"].mean()), 1)
         2.0
     """
+    import arviz as az  # imported here: it takes about a second, and most programs never export
+
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"to_inference_data: num_samples must be a positive int, got {num_samples!r}")
     key = as_key(key)
