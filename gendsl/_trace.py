@@ -124,8 +124,6 @@ class Recorder(Messenger):
         self.params: dict[str, Any] = {}
         self.param_constraints: dict[str, Any] = {}
         self.subsamples: dict[str, Any] = {}
-        self.infer: dict[str, dict] = {}
-        self.fns: dict[str, Any] = {}
         self.site_plates: dict[str, tuple] = {}
 
     def process_message(self, msg) -> None:
@@ -166,9 +164,7 @@ class Recorder(Messenger):
             lp = lp * msg["scale"]
         self.values[name] = value
         self.log_probs[name] = lp
-        self.infer[name] = dict(msg.get("infer") or {})
         self.site_plates[name] = tuple((f.name, f.dim) for f in msg.get("cond_indep_stack") or ())
-        self.fns[name] = msg["fn"]
         if msg["is_observed"]:
             self.observed.append(name)
 
