@@ -35,6 +35,7 @@ from gendsl.cli import _options, _outputs
 from gendsl.cli._checkpoint import load_tree, save_tree
 from gendsl.cli._errors import CLIError, TrainingStopped
 from gendsl.cli._program import load_program, take
+from gendsl.cli._run import read_config
 from gendsl.cli._setup import Setup, device_context, prepare, shapes
 
 __all__ = ["fit", "versions", "RESUMABLE"]
@@ -82,19 +83,8 @@ def _resolve(args, program) -> tuple[dict, dict | None]:
     config_path = os.path.join(out, "config.json")
     if not os.path.exists(config_path):
         raise CLIError(f"--resume: {out} holds no run (no config.json); run without --resume to start one")
-    import json
-
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-        saved = dict(config["options"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CLIError(f"{config_path}: damaged ({exc}); start a new run", cause=exc) from exc
-    if config.get("gendsl_version") != gendsl.__version__:
-        raise CLIError(
-            f"{config_path}: the run was made with gendsl {config.get('gendsl_version')}, this is gendsl "
-            f"{gendsl.__version__}; resuming it would not reproduce it: start a new run"
-        )
+    config = read_config(config_path, "start a new run")
+    saved = config["options"]
     options = dict(saved)
     for name, value in given.items():
         if value is None or name == "out":

@@ -15,7 +15,7 @@ from gendsl.cli._errors import CLIError
 from gendsl.cli._program import load_program
 from gendsl.cli._setup import Setup, prepare
 
-__all__ = ["Run", "open_run"]
+__all__ = ["Run", "open_run", "read_config"]
 
 
 @dataclasses.dataclass
@@ -27,6 +27,27 @@ class Run:
     params: dict
     config: dict
     meta: dict
+
+
+def read_config(config_path: str, remedy: str) -> dict:
+    """A run's ``config.json``, checked to be readable and written by this gendsl version.
+
+    Args:
+        config_path: the file.
+        remedy: what the user should do instead, appended to the error messages.
+    """
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+        config["options"] = dict(config["options"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"{config_path}: damaged ({exc}); {remedy}", cause=exc) from exc
+    if config.get("gendsl_version") != gendsl.__version__:
+        raise CLIError(
+            f"{config_path}: the run was made with gendsl {config.get('gendsl_version')}, this is gendsl "
+            f"{gendsl.__version__}; {remedy}"
+        )
+    return config
 
 
 def open_run(program_path: str, folder: str, data_path: str | None) -> Run:
@@ -41,17 +62,8 @@ def open_run(program_path: str, folder: str, data_path: str | None) -> Run:
         raise CLIError(f"--run {folder}: no such directory")
     if not os.path.exists(config_path):
         raise CLIError(f"--run {folder}: no config.json; give a folder written by `gendsl fit`")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-        options = dict(config["options"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CLIError(f"{config_path}: damaged ({exc})", cause=exc) from exc
-    if config.get("gendsl_version") != gendsl.__version__:
-        raise CLIError(
-            f"{config_path}: the run was made with gendsl {config.get('gendsl_version')}, this is gendsl "
-            f"{gendsl.__version__}; train it again with this version"
-        )
+    config = read_config(config_path, "train it again with this version")
+    options = config["options"]
     program = load_program(program_path)
     if config.get("program_sha256") != program.sha256:
         print(f"warning: {program_path} differs from the program this run was trained with", file=sys.stderr)
