@@ -35,6 +35,20 @@ from gendsl.inference._strategies import (
 )
 from gendsl.inference._svi import SVI, NonFiniteError, SVIRunResult, SVIState
 
+# flows and kernels (part B)
+# isort: split
+from gendsl.inference._kernels import PFGMPPKernel, pfgmpp_kernel, pfgmpp_loss, pfgmpp_perturb, pfgmpp_r
+from gendsl.inference._paths import (
+    denoising_loss,
+    denoising_score_matching,
+    flow_matching,
+    kernel_score,
+    linear_path,
+    path_velocity,
+    stochastic_interpolant,
+    trig_path,
+)
+
 __all__ = [
     "SVI",
     "NonFiniteError",
@@ -72,4 +86,18 @@ __all__ = [
     "expectation",
     "repeat",
     "sim",
+    # flows and kernels (part B)
+    "PFGMPPKernel",
+    "denoising_loss",
+    "denoising_score_matching",
+    "flow_matching",
+    "kernel_score",
+    "linear_path",
+    "path_velocity",
+    "pfgmpp_kernel",
+    "pfgmpp_loss",
+    "pfgmpp_perturb",
+    "pfgmpp_r",
+    "stochastic_interpolant",
+    "trig_path",
 ]
