@@ -57,9 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from genjax import ChoiceMapBuilder as C
-from genjax import Pytree
+from genjax import Pytree, adev
 from genjax._src.adev.primitives import MvNormalDiagREPARAM
-from genjax import adev
 from genjax.adev import Dual
 from genjax.inference import Marginal, Target, vi
 from genjax.inference.smc import Importance
@@ -128,12 +127,12 @@ def hand_elbo_eps(params, x, eps):
 
 def hand_grad(key, params, x):
     """The timed hand-written step: draw the noise from ``key``, gradient of the ELBO."""
-    eps = jax.random.normal(key, x.shape[:-1] + (Z_DIM,))
+    eps = jax.random.normal(key, (*x.shape[:-1], Z_DIM))
     return jax.grad(hand_elbo_eps)(params, x, eps)
 
 
 def hand_value(key, params, x):
-    return hand_elbo_eps(params, x, jax.random.normal(key, x.shape[:-1] + (Z_DIM,)))
+    return hand_elbo_eps(params, x, jax.random.normal(key, (*x.shape[:-1], Z_DIM)))
 
 
 # --- genjax ---------------------------------------------------------------------------------------
@@ -180,7 +179,7 @@ def make_genjax(record=None):
 
     @genjax.gen
     def model(params, x):
-        z = genjax.normal(jnp.zeros(x.shape[:-1] + (Z_DIM,)), 1.0) @ "z"
+        z = genjax.normal(jnp.zeros((*x.shape[:-1], Z_DIM)), 1.0) @ "z"
         genjax.bernoulli(logits=mlp(params["decoder"], z)) @ "x"
 
     @genjax.gen
