@@ -1,0 +1,354 @@
+"""Attend-Infer-Repeat (Eslami et al., 2016) as a gendsl program, small enough for a CPU.
+
+A canvas of ``canvas x canvas`` pixels holds up to ``steps`` objects. At step ``t``
+the model draws
+
+* ``z_pres_t ~ Bernoulli(pres_prior)``: whether step ``t`` adds an object. An object
+  is drawn only while every earlier step drew one (``present_t = prod_{s<=t} z_pres_s``),
+  so the number of objects is the number of leading ones. Once a step has drawn 0,
+  the later ``z_pres`` are still drawn (from the prior in the model; the guide sees
+  that it is past the end) but change nothing. This keeps every ``z_pres`` site a
+  plain Bernoulli with full support, which enumeration and measure-valued derivatives
+  need (Pyro's AIR instead sets the later probabilities to 0, and a zero-probability
+  branch makes an enumerated objective ``0 * inf``).
+* ``z_where_t = (s, x, y) ~ Normal``: the object's scale and centre. The object
+  occupies the canvas square ``[x - 1/s, x + 1/s] x [y - 1/s, y + 1/s]`` (coordinates
+  in ``[-1, 1]``).
+* ``z_what_t ~ Normal(0, I)``: its appearance, decoded to a ``window x window`` image
+  that a spatial transformer (bilinear sampling) writes onto the canvas.
+
+``z_where_t`` and ``z_what_t`` are masked (``gendsl.handlers.mask``) where the object is
+absent, in the model and in the guide, so they contribute nothing there. The image
+is ``Normal(sum of objects, pixel_noise)`` per pixel.
+
+The guide is recurrent, as in the paper: a GRU (``equinox.nn.GRUCell``) reads an
+embedding of the image and the previous step's choices and proposes ``z_pres_t``
+and ``z_where_t``; an encoder reads the window that ``z_where_t`` cuts out of the
+image (the inverse transformer) and proposes ``z_what_t``. The image embedding is
+computed once per image rather than at every step (it does not depend on the step).
+
+The ``z_pres_t`` sites carry no strategy; pick one from outside, for example
+``gendsl.handlers.strategy(air.guide, rules={"z_pres_*": ENUM})``, or use
+:func:`with_strategy`. ``air.baseline`` is a learned, data-dependent REINFORCE
+baseline (an MLP on the image, parameters ``"baseline"`` declared by the guide) for
+``Reinforce(baseline=air.baseline)``.
+
+Everything is written for **one image**; train on a minibatch with
+:func:`batch_value_and_grad`, which vmaps an objective's estimator over images. One
+image per estimator keeps each ``z_pres_t`` an unbatched site, so ``ENUM`` sums it
+exactly and REINFORCE pairs its score with that image's own ELBO only (per-datapoint
+credit assignment, as Pyro's ``TraceGraph_ELBO`` gets from its plate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+import gendsl
+import gendsl.distributions as dist
+from gendsl import handlers
+
+__all__ = [
+    "AIR",
+    "AIRConfig",
+    "batch_value_and_grad",
+    "count_objects",
+    "image_to_window",
+    "make_air",
+    "window_to_image",
+    "with_strategy",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class AIRConfig:
+    """Sizes and priors of an AIR model.
+
+    Attributes:
+        canvas: side of the square image, in pixels.
+        window: side of an object's decoded window, in pixels.
+        steps: the largest number of objects.
+        what: dimension of ``z_what``.
+        hidden: GRU state size (and image embedding size) of the guide.
+        mlp: hidden width of the object decoder, the object encoder and the baseline.
+        pres_prior: prior probability of ``z_pres_t = 1``.
+        scale_prior: ``(mean, sd)`` of the prior on the object scale ``s``.
+        shift_prior: sd of the prior on the object centre ``(x, y)``.
+        pixel_noise: sd of the Normal likelihood of each pixel.
+
+    Example:
+        >>> from gendsl.models.air import AIRConfig
+        >>> AIRConfig(canvas=12, window=4, steps=2).steps
+        2
+    """
+
+    canvas: int = 50
+    window: int = 20
+    steps: int = 3
+    what: int = 10
+    hidden: int = 128
+    mlp: int = 100
+    pres_prior: float = 0.5
+    scale_prior: tuple[float, float] = (1.8, 0.25)
+    shift_prior: float = 1.0
+    pixel_noise: float = 0.3
+
+
+# ----------------------------------------------------------------------------- spatial transformer
+
+
+def _hat_matrix(centres: jax.Array, size: int) -> jax.Array:
+    """Bilinear weights: row ``i`` interpolates pixel position ``centres[i]`` on a grid of ``size`` pixels.
+
+    Bilinear sampling with zero padding is the hat kernel ``max(0, 1 - |p - j|)``;
+    an axis-aligned transformer factorizes into one such matrix per axis, so sampling
+    is two small matmuls (and differentiable in the positions).
+    """
+    return jnp.maximum(0.0, 1.0 - jnp.abs(centres[:, None] - jnp.arange(size)[None, :]))
+
+
+def _pixel(u: jax.Array, size: int) -> jax.Array:
+    """Normalized coordinate in ``[-1, 1]`` (edges of the image) to pixel position (pixel centres at 0..size-1)."""
+    return ((u + 1.0) * size - 1.0) / 2.0
+
+
+def _centres(size: int) -> jax.Array:
+    return (2.0 * jnp.arange(size) + 1.0) / size - 1.0
+
+
+def window_to_image(window: jax.Array, z_where: jax.Array, canvas: int) -> jax.Array:
+    """Write a ``(w, w)`` window onto a ``(canvas, canvas)`` image at ``z_where = (s, x, y)``.
+
+    Canvas point ``u`` (normalized to ``[-1, 1]``) reads the window at ``s (u - t)``,
+    ``t = (x, y)`` (``x`` horizontal, ``y`` vertical); outside the window it reads 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gendsl.models.air import window_to_image
+        >>> w = jnp.arange(16.0).reshape(4, 4)
+        >>> bool(jnp.allclose(window_to_image(w, jnp.array([1.0, 0.0, 0.0]), 4), w))  # identity
+        True
+    """
+    s, x, y = z_where[0], z_where[1], z_where[2]
+    size = window.shape[0]
+    u = _centres(canvas)
+    rows = _hat_matrix(_pixel(s * (u - y), size), size)  # (canvas, size)
+    cols = _hat_matrix(_pixel(s * (u - x), size), size)
+    return rows @ window @ cols.T
+
+
+def image_to_window(image: jax.Array, z_where: jax.Array, window: int) -> jax.Array:
+    """Cut the ``(window, window)`` view of ``image`` at ``z_where`` (the inverse of ``window_to_image``).
+
+    Window point ``w`` reads the image at ``t + w / s``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gendsl.models.air import image_to_window
+        >>> img = jnp.arange(16.0).reshape(4, 4)
+        >>> image_to_window(img, jnp.array([2.0, -0.5, -0.5]), 2)  # the top-left quarter
+        Array([[0., 1.],
+               [4., 5.]], dtype=float32)
+    """
+    s, x, y = z_where[0], z_where[1], z_where[2]
+    size = image.shape[0]
+    w = _centres(window)
+    rows = _hat_matrix(_pixel(y + w / s, size), size)  # (window, size)
+    cols = _hat_matrix(_pixel(x + w / s, size), size)
+    return rows @ image @ cols.T
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class _Guide(eqx.Module):
+    embed: eqx.nn.Linear
+    rnn: eqx.nn.GRUCell
+    predict: eqx.nn.Linear
+    encoder: eqx.nn.MLP
+
+    def __init__(self, c: AIRConfig, *, key):
+        k = jax.random.split(key, 4)
+        self.embed = eqx.nn.Linear(c.canvas**2, c.hidden, key=k[0])
+        self.rnn = eqx.nn.GRUCell(c.hidden + 1 + 3 + c.what, c.hidden, key=k[1])
+        self.predict = eqx.nn.Linear(c.hidden, 1 + 3 + 3, key=k[2])
+        self.encoder = eqx.nn.MLP(c.window**2, 2 * c.what, c.mlp, 1, activation=jax.nn.relu, key=k[3])
+
+
+def _decoder(c: AIRConfig, key) -> eqx.nn.MLP:
+    return eqx.nn.MLP(c.what, c.window**2, c.mlp, 1, activation=jax.nn.relu, key=key)
+
+
+def _baseline_net(c: AIRConfig, key) -> eqx.nn.MLP:
+    return eqx.nn.MLP(c.canvas**2, "scalar", c.mlp, 1, activation=jax.nn.relu, key=key)
+
+
+# ----------------------------------------------------------------------------- the programs
+
+
+@dataclasses.dataclass(frozen=True)
+class AIR:
+    """An AIR model, its guide and a learned REINFORCE baseline; create with :func:`make_air`.
+
+    Attributes:
+        config: the sizes and priors.
+        model: ``model(image)``, a ``gendsl.Model`` of one ``(canvas, canvas)`` image.
+        guide: ``guide(image)``, the recurrent inference network; it declares the
+            parameters ``"guide"`` and ``"baseline"``.
+        baseline: ``baseline(params, image) -> scalar``, for ``Reinforce(baseline=...)``.
+    """
+
+    config: AIRConfig
+    model: gendsl.Model
+    guide: gendsl.Model
+    baseline: Callable[..., jax.Array]
+
+
+def make_air(config: AIRConfig | None = None) -> AIR:
+    """Build the AIR model and guide for ``config``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from gendsl.models.air import AIRConfig, make_air
+        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=2, what=2, hidden=8, mlp=8))
+        >>> image = jnp.zeros((8, 8))
+        >>> params = {**air.model.init(jax.random.key(0), image), **air.guide.init(jax.random.key(1), image)}
+        >>> sorted(params)
+        ['baseline', 'decoder', 'guide']
+        >>> tr = jax.jit(air.guide.bind(params).simulate)(jax.random.key(2), image)
+        >>> sorted(tr.choices)[:3]
+        ['z_pres_0', 'z_pres_1', 'z_what_0']
+    """
+    c = config or AIRConfig()
+    if c.steps < 1 or c.window < 2 or c.canvas < 2:
+        raise ValueError(f"AIRConfig: need steps >= 1, window >= 2, canvas >= 2, got {c}")
+    s_mean, s_sd = c.scale_prior
+
+    @gendsl.model
+    def model(image):
+        _check_image(image, c)
+        decoder = gendsl.module("decoder", lambda k: _decoder(c, k))
+        canvas = jnp.zeros((c.canvas, c.canvas))
+        present = jnp.array(1.0)
+        for t in range(c.steps):
+            z_pres = gendsl.sample(f"z_pres_{t}", dist.Bernoulli(probs=c.pres_prior))
+            present = present * z_pres
+            with handlers.mask(mask=present > 0.5):
+                where_loc = jnp.array([s_mean, 0.0, 0.0])
+                where_sd = jnp.array([s_sd, c.shift_prior, c.shift_prior])
+                z_where = gendsl.sample(f"z_where_{t}", dist.Normal(where_loc, where_sd).to_event(1))
+                z_what = gendsl.sample(f"z_what_{t}", dist.Normal(jnp.zeros(c.what), 1.0).to_event(1))
+            window = jax.nn.sigmoid(decoder(z_what)).reshape(c.window, c.window)
+            canvas = canvas + present * window_to_image(window, z_where, c.canvas)
+        gendsl.sample("image", dist.Normal(canvas, c.pixel_noise).to_event(2), obs=image)
+        return canvas
+
+    @gendsl.model
+    def guide(image):
+        _check_image(image, c)
+        net = gendsl.module("guide", lambda k: _Guide(c, key=k))
+        gendsl.module("baseline", lambda k: _baseline_net(c, k))  # used only by `baseline`
+        features = jnp.tanh(net.embed(image.reshape(-1)))
+        h = jnp.zeros(c.hidden)
+        z_pres, z_where, z_what = jnp.array(1.0), jnp.zeros(3), jnp.zeros(c.what)
+        present = jnp.array(1.0)
+        for t in range(c.steps):
+            # The previous presence tells the network whether it is past the last object.
+            h = net.rnn(jnp.concatenate([features, present[None], z_where, z_what]), h)
+            out = net.predict(h)
+            z_pres = gendsl.sample(f"z_pres_{t}", dist.Bernoulli(logits=out[0]))
+            present = present * z_pres
+            with handlers.mask(mask=present > 0.5):
+                loc = out[1:4] + jnp.array([s_mean, 0.0, 0.0])
+                scale = jax.nn.softplus(out[4:7]) * jnp.array([0.1, 0.2, 0.2]) + 1e-3
+                z_where = gendsl.sample(f"z_where_{t}", dist.Normal(loc, scale).to_event(1))
+                enc = net.encoder(image_to_window(image, z_where, c.window).reshape(-1))
+                z_what = gendsl.sample(
+                    f"z_what_{t}", dist.Normal(enc[: c.what], jax.nn.softplus(enc[c.what :]) + 1e-3).to_event(1)
+                )
+
+    return AIR(c, model, guide, _learned_baseline(c))
+
+
+def _learned_baseline(c: AIRConfig):
+    # The network's static part (activations, shapes) is built once; parameters come from `params`.
+    shapes = eqx.filter_eval_shape(_baseline_net, c, jax.random.key(0))
+    static = eqx.partition(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct))[1]
+
+    def baseline(params: dict[str, Any], image: jax.Array) -> jax.Array:
+        return eqx.combine(params["baseline"], static)(image.reshape(-1))
+
+    baseline.__doc__ = "Learned baseline ``b(params, image)``: an MLP on the image (parameters ``params['baseline']``)."
+    return baseline
+
+
+def _check_image(image, c: AIRConfig) -> None:
+    if jnp.shape(image) != (c.canvas, c.canvas):
+        raise ValueError(
+            f"AIR: expected one image of shape ({c.canvas}, {c.canvas}), got {jnp.shape(image)}; "
+            "the programs take one image (vmap over a batch with batch_value_and_grad)"
+        )
+
+
+def with_strategy(guide: gendsl.Model, strategy: Any) -> gendsl.Model:
+    """The guide with ``strategy`` at every ``z_pres_t`` site.
+
+    Example:
+        >>> from gendsl.inference import ENUM
+        >>> from gendsl.models.air import AIRConfig, make_air, with_strategy
+        >>> enum_guide = with_strategy(make_air(AIRConfig(canvas=8, window=4)).guide, ENUM)
+    """
+    return gendsl.model(handlers.strategy(guide, rules={"z_pres_*": strategy}))
+
+
+def count_objects(choices: dict[str, jax.Array], steps: int) -> jax.Array:
+    """The number of objects in a set of choices: the number of leading ``z_pres_t = 1``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gendsl.models.air import count_objects
+        >>> int(count_objects({"z_pres_0": jnp.array(1.0), "z_pres_1": jnp.array(0.0), "z_pres_2": jnp.array(1.0)}, 3))
+        1
+    """
+    present = jnp.ones_like(choices["z_pres_0"])
+    count = jnp.zeros_like(present)
+    for t in range(steps):
+        present = present * choices[f"z_pres_{t}"]
+        count = count + present
+    return count
+
+
+def batch_value_and_grad(objective, key: jax.Array, params: Any, images: jax.Array, **kwargs):
+    """Mean over ``images`` of ``objective.value_and_grad``, one independent estimate per image.
+
+    Args:
+        objective: a ``gendsl.inference`` objective of one image (``elbo(air.model, guide)``, ...).
+        key: PRNG key, split into one key per image.
+        params: the parameters (shared by all images).
+        images: ``(batch, canvas, canvas)``.
+        **kwargs: passed to ``value_and_grad`` (e.g. ``samples=``).
+
+    Returns:
+        ``(mean value, mean gradient)``: unbiased for the per-image mean objective.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from gendsl.inference import elbo
+        >>> from gendsl.models.air import AIRConfig, batch_value_and_grad, make_air
+        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=2, what=2, hidden=8, mlp=8))
+        >>> images = jnp.zeros((3, 8, 8))
+        >>> params = {**air.model.init(jax.random.key(0), images[0]), **air.guide.init(jax.random.key(1), images[0])}
+        >>> step = jax.jit(lambda k, p, x: batch_value_and_grad(elbo(air.model, air.guide), k, p, x))
+        >>> value, grads = step(jax.random.key(2), params, images)
+        >>> value.shape, grads["decoder"].layers[0].weight.shape
+        ((), (8, 2))
+    """
+    keys = jax.random.split(key, images.shape[0])
+    values, grads = jax.vmap(lambda k, x: objective.value_and_grad(k, params, x, **kwargs))(keys, images)
+    return jnp.mean(values), jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
