@@ -38,6 +38,7 @@ from gendsl.inference._svi import SVI, NonFiniteError, SVIRunResult, SVIState
 # flows and kernels (part B)
 # isort: split
 from gendsl.inference._kernels import PFGMPPKernel, pfgmpp_kernel, pfgmpp_loss, pfgmpp_perturb, pfgmpp_r
+from gendsl.inference._ode import denoiser_velocity, ode_log_likelihood, ode_solve, probability_flow
 from gendsl.inference._paths import (
     denoising_loss,
     denoising_score_matching,
@@ -90,14 +91,18 @@ __all__ = [
     "PFGMPPKernel",
     "denoising_loss",
     "denoising_score_matching",
+    "denoiser_velocity",
     "flow_matching",
     "kernel_score",
     "linear_path",
+    "ode_log_likelihood",
+    "ode_solve",
     "path_velocity",
     "pfgmpp_kernel",
     "pfgmpp_loss",
     "pfgmpp_perturb",
     "pfgmpp_r",
+    "probability_flow",
     "stochastic_interpolant",
     "trig_path",
 ]

@@ -36,7 +36,7 @@ import numpyro.distributions as ndist
 
 import gendsl
 from gendsl import handlers
-from gendsl.inference._expectation import Expectation, expectation, simulate_in_objective
+from gendsl.inference._expectation import Expectation, simulate_in_objective
 from gendsl.inference._strategies import EstimatorError, Reparam
 
 __all__ = [
@@ -212,8 +212,31 @@ def _per_point(fn, key, t, data):
     return jax.vmap(fn)(keys, t, data)
 
 
-def _net_models(net, *programs):
-    return tuple(gendsl.model(m) for m in (net, *programs))
+class _NetObjective(Expectation):
+    """An objective whose parameters are those of a per-data-point network ``net(x, t)``.
+
+    ``init_params`` calls the network on one data point's ``x_t`` (the objective
+    itself is called with a whole batch, which the network never sees).
+    """
+
+    def __init__(self, fn, net, example):
+        super().__init__(fn, (net,))
+        self._example = example
+
+    def init_params(self, key, data, *args, **kwargs):
+        x_t, t = self._example(jax.tree_util.tree_map(lambda a: a[0], data), *args)
+        return self.models[0].init_with_constraints(key, x_t, t)
+
+
+def _objective(fn, net, draw, time):
+    """Wrap ``fn`` as an objective whose ``init_params`` runs ``net`` on ``draw``'s ``x_t`` at a typical time."""
+
+    def example(datum, *args):
+        t = jnp.asarray(time.mean, jnp.result_type(float))
+        t = jnp.where(jnp.isfinite(t), t, 1.0)
+        return draw(jax.random.key(0), t, datum, *args), t
+
+    return _NetObjective(fn, net, example)
 
 
 def _sq(a, b):
@@ -277,7 +300,7 @@ def flow_matching(
         return -jnp.mean(_weights(weight, t) * _sq(pred, u))
 
     objective.__name__ = name
-    return expectation(objective, models=_net_models(net))
+    return _objective(objective, net, lambda *a: target(*a)[0], time)
 
 
 def denoising_score_matching(
@@ -329,7 +352,7 @@ def denoising_score_matching(
         return -jnp.mean(_weights(weight, t) * _sq(pred, s))
 
     objective.__name__ = name
-    return expectation(objective, models=_net_models(net))
+    return _objective(objective, net, lambda *a: target(*a)[0], time)
 
 
 def denoising_loss(
@@ -389,7 +412,7 @@ def denoising_loss(
         return -jnp.mean(_weights(weight, t) * _sq(pred, data))
 
     objective.__name__ = name
-    return expectation(objective, models=_net_models(net))
+    return _objective(objective, net, draw, time)
 
 
 # -- library paths ---------------------------------------------------------------------------
