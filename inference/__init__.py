@@ -35,6 +35,15 @@ from gendsl.inference._strategies import (
 )
 from gendsl.inference._svi import SVI, NonFiniteError, SVIRunResult, SVIState
 
+# diffusion (part A)
+from gendsl.inference._diffusion import (
+    DiffusionELBO,
+    DiffusionStructureError,
+    GaussianChain,
+    diffusion_elbo,
+    gaussian_kl,
+)
+
 # flows and kernels (part B)
 # isort: split
 from gendsl.inference._kernels import PFGMPPKernel, pfgmpp_kernel, pfgmpp_loss, pfgmpp_perturb, pfgmpp_r
@@ -105,4 +114,10 @@ __all__ = [
     "probability_flow",
     "stochastic_interpolant",
     "trig_path",
+    # diffusion (part A)
+    "DiffusionELBO",
+    "DiffusionStructureError",
+    "GaussianChain",
+    "diffusion_elbo",
+    "gaussian_kl",
 ]

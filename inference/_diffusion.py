@@ -1,0 +1,476 @@
+"""Discrete-time diffusion objectives derived from a (reverse-chain model, forward-chain guide) pair.
+
+The user writes two ordinary programs over a time grid ``ts`` (increasing times
+``t_1 < ... < t_n``; ints for DDPM, floats in [0, 1] for VDM):
+
+* the **model** (reverse chain), called ``model(x, ts, *args)``: the state at
+  ``t_n`` from a prior, then each state at ``t_{k-1}`` from a Normal whose mean
+  and scale may depend (through a network) on the state at ``t_k``, and finally
+  the data ``x`` observed through a decoder of the state at ``t_1``;
+* the **guide** (forward noising chain), called ``guide(x, ts)``: the state at
+  ``t_1`` from a Normal whose mean is affine in ``x``, then each state at ``t_k``
+  from a Normal whose mean is affine in the state at ``t_{k-1}`` and whose
+  scale does not depend on it.
+
+The latent sites have the same addresses in both programs (so ``elbo(model,
+guide)`` is the naive bound of the pair). ``diffusion_elbo`` traces the pair,
+recognizes the Gaussian-linear structure and derives from it:
+
+* the per-step coefficients ``q(z_k | z_{k-1}) = N(a_k z_{k-1} + b_k, s_k^2)``,
+  read off the guide's traced distributions with ``jax.jvp`` (and checked to be
+  affine, diagonal and Markov; any other form is an error naming the site);
+* the collapsed marginals ``q(z_k | x) = N(A_k x + B_k, S_k^2)`` (reparameterized
+  sampling of any step directly from the data) and the Gaussian posteriors
+  ``q(z_{k-1} | z_k, x)``;
+* the ELBO ``E[log p(x|z_1)] - KL(q(z_n|x) || p(z_n)) - sum_k E KL(q(z_{k-1}|z_k,x) || p(z_{k-1}|z_k))``
+  with closed-form Gaussian KLs and one uniformly sampled step
+  (``sum_k L_k = (n - 1) E_k[L_k]``);
+* the model's implied predictions of ``x`` (x0), of the noise (eps) and of
+  ``v = A eps - S x``, obtained by inverting the posterior-mean map, hence the
+  per-step weights of the KL in each parameterization and the reweighted
+  ("simple") losses.
+
+Design decisions:
+
+* **Unrolled sites, the grid as an argument.** A forward chain samples ``z_1``
+  first and a reverse chain samples ``z_n`` first; a ``gendsl.scan`` stacks
+  values in execution order, so the two programs' stacked sites would be in
+  opposite orders and ``elbo(model, guide)`` could not pair them. Unrolled sites
+  (``"z1"``, ..., ``"zn"``) pair by address. Because the time grid is an argument,
+  the derivation evaluates the model on a *sub-grid* ``(t_{k-1}, t_k)`` with the
+  state at ``t_k`` substituted: that runs exactly one reverse step (one network
+  call), so a training step costs what a hand-written loss costs and compiles in
+  time independent of ``n``. This is the only convention the derivation needs:
+  a program run on a sub-grid is the same chain restricted to that grid
+  (Gen's ``Unfold`` semantics). Sites are identified by execution order.
+* **One example per execution.** Both programs take one data point; the losses
+  ``vmap`` over a batch. The guide's coefficients therefore have the data's
+  event shape, not the batch's.
+* **Fixed schedules cost nothing.** When the guide has no parameters its
+  coefficients are computed once, eagerly (``jax.ensure_compile_time_eval``),
+  and enter compiled losses as constants. A guide with parameters (a learned
+  discrete schedule) is re-traced inside every loss call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as nd
+
+import gendsl
+from gendsl import handlers
+from gendsl._errors import GendslError
+
+__all__ = ["DiffusionELBO", "DiffusionStructureError", "GaussianChain", "diffusion_elbo", "gaussian_kl"]
+
+PARAMETERIZATIONS = ("eps", "x0", "v")
+
+
+class DiffusionStructureError(GendslError, ValueError):
+    """A program pair is not of the form a diffusion objective can be derived from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianChain:
+    """The forward chain recognized in a guide, per latent step ``k = 1..n`` (arrays stacked on axis 0).
+
+    Attributes:
+        names: the latent addresses in the guide's execution order (``z_1`` first).
+        a, b, s: ``q(z_k | z_{k-1}) = N(a_k z_{k-1} + b_k, s_k^2)`` with ``z_0 = x``.
+        A, B, S: the collapsed marginals ``q(z_k | x) = N(A_k x + B_k, S_k^2)``.
+    """
+
+    names: tuple[str, ...]
+    a: jax.Array
+    b: jax.Array
+    s: jax.Array
+    A: jax.Array
+    B: jax.Array
+    S: jax.Array
+
+    def snr(self) -> jax.Array:
+        """Signal-to-noise ratio ``A_k^2 / S_k^2`` of each collapsed marginal."""
+        return self.A**2 / self.S**2
+
+    def posterior(self, k, x, z_k):
+        """Mean and variance of ``q(z_{k-1} | z_k, x)`` for a 0-based step ``k >= 1`` (may be traced)."""
+        c_x, c_z, c_0, var = self.posterior_coefficients(k)
+        return c_x * x + c_z * z_k + c_0, var
+
+    def posterior_coefficients(self, k):
+        """``(c_x, c_z, c_0, var)`` with posterior mean ``c_x x + c_z z_k + c_0`` (0-based ``k >= 1``)."""
+        prec_prev = 1.0 / self.S[k - 1] ** 2
+        a, s2 = self.a[k], self.s[k] ** 2
+        var = 1.0 / (prec_prev + a**2 / s2)
+        c_x = var * self.A[k - 1] * prec_prev
+        c_z = var * a / s2
+        c_0 = var * (self.B[k - 1] * prec_prev - a * self.b[k] / s2)
+        return c_x, c_z, c_0, var
+
+
+def gaussian_kl(m_q, v_q, m_p, v_p) -> jax.Array:
+    """``KL(N(m_q, v_q) || N(m_p, v_p))`` summed over all elements (variances, not scales).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(gaussian_kl(jnp.zeros(3), jnp.ones(3), jnp.ones(3), jnp.ones(3)))
+        1.5
+    """
+    ratio = v_q / v_p
+    return 0.5 * jnp.sum(ratio - 1.0 - jnp.log(ratio) + (m_q - m_p) ** 2 / v_p)
+
+
+def _normal(site: dict, who: str) -> tuple[jax.Array, jax.Array]:
+    d = site["fn"]
+    while isinstance(d, (nd.Independent, nd.ExpandedDistribution)):
+        d = d.base_dist
+    if not isinstance(d, nd.Normal):
+        raise DiffusionStructureError(
+            f"{who} site '{site['name']}' is {type(site['fn']).__name__}, expected a Normal (possibly "
+            "expanded / .to_event()): a diffusion ELBO is derived only for Gaussian-linear chains"
+        )
+    shape = jnp.shape(site["value"])
+    return jnp.broadcast_to(d.loc, shape), jnp.broadcast_to(d.scale, shape)
+
+
+def _run(program, params, key, x, ts, args, values=None) -> dict:
+    """Trace ``program(x, ts, *args)`` with ``values`` substituted; the sample sites in execution order."""
+    fn = program.bind(params).fn if params else program.fn
+    if values:
+        fn = handlers.substitute(fn, data=values)
+    tr = handlers.trace(handlers.seed(fn, key=key)).get_trace(x, ts, *args)
+    return {name: site for name, site in tr.items() if site["type"] == "sample"}
+
+
+def _split(sites: dict, who: str) -> tuple[list[str], list[str]]:
+    latents = [n for n, s in sites.items() if not s["is_observed"]]
+    observed = [n for n, s in sites.items() if s["is_observed"]]
+    if not latents:
+        raise DiffusionStructureError(f"the {who} has no latent sites: expected a chain of Normal sites")
+    return latents, observed
+
+
+def _concrete(*trees) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+class DiffusionELBO:
+    """The diffusion objectives derived from a program pair; create it with ``diffusion_elbo``."""
+
+    def __init__(self, model, guide, ts) -> None:
+        self.model = gendsl.model(model)
+        self.guide = gendsl.model(guide)
+        self.ts = np.asarray(ts)
+        if self.ts.ndim != 1 or self.ts.shape[0] < 2:
+            raise ValueError(f"diffusion_elbo: ts must be a 1-D grid of at least 2 times, got shape {self.ts.shape}")
+        if not np.all(np.diff(self.ts) > 0):
+            raise ValueError("diffusion_elbo: ts must be strictly increasing (t_1 < ... < t_n)")
+        self.n = int(self.ts.shape[0])
+        self._cache: dict = {}
+
+    # ------------------------------------------------------------------ the guide
+    def chain(self, params: dict, x_like) -> GaussianChain:
+        """Recognize the guide's Gaussian-linear chain and collapse it (see ``GaussianChain``).
+
+        Args:
+            params: the parameters (the guide's are used; none for a fixed schedule).
+            x_like: one data point, or anything of its shape and dtype.
+
+        Raises:
+            DiffusionStructureError: a guide site is not Normal, observed, or its
+                mean is not affine / diagonal / Markov in the previous site, or its
+                scale depends on it. The message names the site.
+        """
+        shape, dtype = jnp.shape(x_like), jnp.result_type(x_like)
+        guide_params = {k: v for k, v in (params or {}).items() if k in self._guide_param_names(shape, dtype)}
+        if not guide_params:
+            cache_key = (shape, str(dtype))
+            if cache_key not in self._cache:
+                with jax.ensure_compile_time_eval():
+                    self._cache[cache_key] = self._extract(guide_params, shape, dtype)
+            return self._cache[cache_key]
+        return self._extract(guide_params, shape, dtype)
+
+    def _guide_param_names(self, shape, dtype) -> frozenset:
+        key = ("param_names", shape, str(dtype))
+        if key not in self._cache:
+            x = jax.ShapeDtypeStruct(shape, dtype)
+            shapes = jax.eval_shape(lambda x: self.guide.init(jax.random.key(0), x, self.ts), x)
+            self._cache[key] = frozenset(shapes)
+        return self._cache[key]
+
+    def _extract(self, params, shape, dtype) -> GaussianChain:
+        key = jax.random.key(0)
+        zeros = jnp.zeros(shape, dtype)
+        sites = _run(self.guide, params, key, zeros, self.ts, ())
+        names, observed = _split(sites, "guide")
+        if observed:
+            raise DiffusionStructureError(
+                f"guide site '{observed[0]}' is observed; the guide is the forward noising chain q(z_1..z_n | x) "
+                "and observes nothing"
+            )
+        if len(names) != self.n:
+            raise DiffusionStructureError(
+                f"the guide has {len(names)} latent sites {names} on a grid of {self.n} times; expected one per time"
+            )
+        for name in names:
+            _normal(sites[name], "guide")
+
+        def locs_scales(x, values):
+            traced = _run(self.guide, params, key, x, self.ts, (), dict(zip(names, values, strict=True)))
+            pairs = [_normal(traced[n], "guide") for n in names]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
+
+        vals0 = [jnp.zeros(shape, dtype) for _ in names]
+        ones = [jnp.ones(shape, dtype) for _ in names]
+        (b, s), (a, ds) = jax.jvp(locs_scales, (zeros, vals0), (jnp.ones(shape, dtype), ones))
+        if _concrete(a, b, s, ds):
+            self._check_affine(locs_scales, names, a, b, s, ds, shape, dtype)
+        a, b, s = jnp.stack(a), jnp.stack(b), jnp.stack(s)
+        A, B, S2 = [a[0]], [b[0]], [s[0] ** 2]
+        for k in range(1, self.n):
+            A.append(a[k] * A[-1])
+            B.append(a[k] * B[-1] + b[k])
+            S2.append(a[k] ** 2 * S2[-1] + s[k] ** 2)
+        return GaussianChain(tuple(names), a, b, s, jnp.stack(A), jnp.stack(B), jnp.sqrt(jnp.stack(S2)))
+
+    def _check_affine(self, locs_scales, names, a, b, s, ds, shape, dtype) -> None:
+        for name, d in zip(names, ds, strict=True):
+            if not np.allclose(d, 0.0, atol=1e-6):
+                raise DiffusionStructureError(
+                    f"guide site '{name}': its scale depends on the previous state; a Gaussian-linear step needs a "
+                    "scale that is a function of time only"
+                )
+        keys = jax.random.split(jax.random.key(1), 2 * self.n + 2)
+        x = jax.random.normal(keys[0], shape, dtype)
+        vals = [jax.random.normal(keys[2 + i], shape, dtype) for i in range(self.n)]
+        tx = jax.random.normal(keys[1], shape, dtype)
+        tvals = [jax.random.normal(keys[2 + self.n + i], shape, dtype) for i in range(self.n)]
+        (loc, scale), (dloc, _) = jax.jvp(locs_scales, (x, vals), (tx, tvals))
+        prev, tprev = [x, *vals[:-1]], [tx, *tvals[:-1]]
+        for k, name in enumerate(names):
+            parent = "the data x" if k == 0 else f"'{names[k - 1]}'"
+            tol = dict(rtol=1e-4, atol=1e-5)
+            if not (np.allclose(dloc[k], a[k] * tprev[k], **tol) and np.allclose(loc[k], a[k] * prev[k] + b[k], **tol)):
+                raise DiffusionStructureError(
+                    f"guide site '{name}': its mean is not of the form a * {parent} + b (affine, elementwise, and "
+                    "depending on the previous state only); a diffusion ELBO is derived only for Gaussian-linear "
+                    "forward chains"
+                )
+            if not np.allclose(scale[k], s[k], **tol):
+                raise DiffusionStructureError(f"guide site '{name}': its scale depends on the previous state")
+
+    # ------------------------------------------------------------------ the model
+    def _model_sites(self, params, key, x, ts, args, start_value):
+        """Run the model on a sub-grid with its first (prior) site set to ``start_value``."""
+        sites = _run(self.model, params, key, x, ts, args)
+        latents, observed = _split(sites, "model")
+        values = {latents[0]: start_value} if start_value is not None else {}
+        sites = _run(self.model, params, key, x, ts, args, values)
+        if len(latents) != len(ts):
+            raise DiffusionStructureError(
+                f"the model has {len(latents)} latent sites {latents} on a grid of {len(ts)} times; expected one "
+                "per time (the prior at the last time, then one reverse step per earlier time)"
+            )
+        if len(observed) != 1:
+            raise DiffusionStructureError(
+                f"the model observes {observed or 'no sites'}; expected exactly one observed site, the data x "
+                "through a decoder of the state at the first time"
+            )
+        return sites, latents, observed[0]
+
+    def _step(self, params, key, x, k, z_k, args):
+        """The model's reverse step from ``t_k`` to ``t_{k-1}`` (0-based ``k``): its Normal's loc and scale."""
+        ts = jnp.stack([jnp.asarray(self.ts)[k - 1], jnp.asarray(self.ts)[k]])
+        sites, latents, _ = self._model_sites(params, key, x, ts, args, z_k)
+        return _normal(sites[latents[1]], "model")
+
+    def predictions(self, params, key, x, k, z_k, *args, chain: GaussianChain | None = None) -> dict:
+        """The model's implied predictions at step ``k`` (0-based, ``1 <= k < n``) given ``z_k``.
+
+        The model's reverse-step mean is inverted through the recognized posterior
+        mean ``c_x x + c_z z_k + c_0``: ``x0 = (loc - c_z z_k - c_0) / c_x``,
+        ``eps = (z_k - A_k x0 - B_k) / S_k`` and ``v = A_k eps - S_k x0``.
+
+        Returns:
+            ``{"x0", "eps", "v", "loc", "scale"}``.
+        """
+        chain = self.chain(params, x) if chain is None else chain
+        loc, scale = self._step(params, key, x, k, z_k, args)
+        c_x, c_z, c_0, _ = chain.posterior_coefficients(k)
+        x0 = (loc - c_z * z_k - c_0) / c_x
+        eps = (z_k - chain.A[k] * x0 - chain.B[k]) / chain.S[k]
+        return {"x0": x0, "eps": eps, "v": chain.A[k] * eps - chain.S[k] * x0, "loc": loc, "scale": scale}
+
+    # ------------------------------------------------------------------ objectives
+    def terms(self, params, key, x, *args, step=None) -> dict:
+        """One reparameterized draw of each term of the ELBO of one data point ``x``.
+
+        Args:
+            params: model and guide parameters in one dict.
+            key: PRNG key.
+            x: one data point.
+            *args: further model arguments (a condition).
+            step: the 0-based reverse step ``k`` in ``1..n-1`` whose KL is drawn;
+                by default uniform (traced).
+
+        Returns:
+            ``{"reconstruction": log p(x | z_1), "prior_kl": KL(q(z_n|x) || p(z_n)),
+            "step_kl": KL(q(z_{k-1}|z_k,x) || p(z_{k-1}|z_k)), "step": k}``; the
+            ELBO is ``reconstruction - prior_kl - (n - 1) * E_k[step_kl]``.
+        """
+        chain = self.chain(params, x)
+        k_step, k_z, k_rec, k_model = jax.random.split(key, 4)
+        k = jax.random.randint(k_step, (), 1, self.n) if step is None else jnp.asarray(step)
+        eps = jax.random.normal(k_z, jnp.shape(x), jnp.result_type(x))
+        z_k = chain.A[k] * x + chain.B[k] + chain.S[k] * eps
+        m_q, v_q = chain.posterior(k, x, z_k)
+        loc, scale = self._step(params, k_model, x, k, z_k, args)
+        step_kl = gaussian_kl(m_q, v_q, loc, scale**2)
+
+        z_1 = chain.A[0] * x + chain.B[0] + chain.S[0] * jax.random.normal(k_rec, jnp.shape(x), jnp.result_type(x))
+        sites, _, obs = self._model_sites(params, k_model, x, jnp.asarray(self.ts)[:1], args, z_1)
+        reconstruction = jnp.sum(sites[obs]["fn"].log_prob(x))
+
+        prior_sites, prior_latents, _ = self._model_sites(params, k_model, x, jnp.asarray(self.ts)[-1:], args, None)
+        p_loc, p_scale = _normal(prior_sites[prior_latents[0]], "model")
+        prior_kl = gaussian_kl(chain.A[-1] * x + chain.B[-1], chain.S[-1] ** 2, p_loc, p_scale**2)
+        return {"reconstruction": reconstruction, "prior_kl": prior_kl, "step_kl": step_kl, "step": k}
+
+    def elbo(self, params, key, x, *args) -> jax.Array:
+        """An unbiased estimate of the ELBO of one data point (one sampled reverse step)."""
+        t = self.terms(params, key, x, *args)
+        return t["reconstruction"] - t["prior_kl"] - (self.n - 1) * t["step_kl"]
+
+    def loss(self, params, key, xs, *args) -> jax.Array:
+        """Negative ELBO per data point, averaged over the batch ``xs`` (leading axis; ``args`` batched too)."""
+        keys = jax.random.split(key, jnp.shape(xs)[0])
+        return -jnp.mean(jax.vmap(lambda kk, x, *a: self.elbo(params, kk, x, *a))(keys, xs, *args))
+
+    def simple_loss(self, params, key, xs, *args, parameterization: str = "eps") -> jax.Array:
+        """The reweighted ("simple") loss: mean squared error of the implied prediction, uniform step.
+
+        Ho et al.'s ``L_simple`` is ``parameterization="eps"``; ``"x0"`` and
+        ``"v"`` (Salimans & Ho 2022) are the same loss with the other targets. The
+        steps are the reverse steps ``k = 2..n`` of the chain (the decoder step is
+        the model's own and is not part of it).
+        """
+        _check_parameterization(parameterization)
+
+        def one(kk, x, *a):
+            chain = self.chain(params, x)
+            k_step, k_z, k_model = jax.random.split(kk, 3)
+            k = jax.random.randint(k_step, (), 1, self.n)
+            eps = jax.random.normal(k_z, jnp.shape(x), jnp.result_type(x))
+            z_k = chain.A[k] * x + chain.B[k] + chain.S[k] * eps
+            pred = self.predictions(params, k_model, x, k, z_k, *a, chain=chain)[parameterization]
+            target = {"eps": eps, "x0": x, "v": chain.A[k] * eps - chain.S[k] * x}[parameterization]
+            return jnp.mean((pred - target) ** 2)
+
+        keys = jax.random.split(key, jnp.shape(xs)[0])
+        return jnp.mean(jax.vmap(one)(keys, xs, *args))
+
+    def weights(self, params, x_like, *, parameterization: str = "x0", model_scale=None) -> jax.Array:
+        """Derived per-step weights ``w_k`` with ``KL_k = w_k ||target - prediction||^2 + const``, ``k = 2..n``.
+
+        The mean part of each step's KL is ``(m_q - loc)^2 / (2 sigma_k^2)``; with
+        the model's mean written through a prediction, ``m_q - loc = c_x (x - x0_hat)``,
+        so the x0 weight is ``c_x^2 / (2 sigma_k^2)``, and the eps and v weights follow
+        from ``x - x0_hat = -(S_k / A_k)(eps - eps_hat) = -S_k / (A_k^2 + S_k^2) (v - v_hat)``
+        (with ``B_k = 0``).
+
+        Args:
+            params: the parameters.
+            x_like: one data point (its shape and dtype).
+            parameterization: ``"x0"``, ``"eps"`` or ``"v"``.
+            model_scale: the model's reverse-step scales ``sigma_k`` (array over
+                ``k = 2..n``); by default read from the model's steps (evaluated at
+                ``z_k = 0``: the scale must not depend on the state).
+
+        Returns:
+            An array over steps ``k = 2..n`` (with the data's event shape when the
+            schedule is elementwise).
+        """
+        _check_parameterization(parameterization)
+        chain = self.chain(params, x_like)
+        ks = jnp.arange(1, self.n)
+        if model_scale is None:
+            zero = jnp.zeros(jnp.shape(x_like), jnp.result_type(x_like))
+            model_scale = jax.vmap(lambda k: self._step(params, jax.random.key(0), zero, k, zero, ())[1])(ks)
+        c_x = jax.vmap(lambda k: chain.posterior_coefficients(k)[0])(ks)
+        w = c_x**2 / (2.0 * jnp.asarray(model_scale) ** 2)
+        A, S = chain.A[1:], chain.S[1:]
+        if parameterization == "eps":
+            w = w * (S / A) ** 2
+        elif parameterization == "v":
+            w = w * (S / (A**2 + S**2)) ** 2
+        return w
+
+    def check(self, params, x) -> None:
+        """Check the whole pair on one data point: the guide's form and the model's sites match the guide's.
+
+        Raises:
+            DiffusionStructureError: naming the offending site.
+        """
+        chain = self.chain(params, x)
+        sites = _run(self.model, params, jax.random.key(0), x, self.ts, ())
+        latents, observed = _split(sites, "model")
+        if sorted(latents) != sorted(chain.names):
+            raise DiffusionStructureError(
+                f"the model's latent sites {latents} are not the guide's {list(chain.names)}; both programs must "
+                "use the same addresses for the states"
+            )
+        if latents != list(reversed(chain.names)):
+            raise DiffusionStructureError(
+                f"the model visits {latents}; a reverse chain visits the guide's states in reverse order "
+                f"{list(reversed(chain.names))}"
+            )
+        for name in latents:
+            _normal(sites[name], "model")
+        if len(observed) != 1:
+            raise DiffusionStructureError(f"the model observes {observed or 'no sites'}; expected exactly one")
+
+
+def _check_parameterization(p: str) -> None:
+    if p not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {p!r}")
+
+
+def diffusion_elbo(model, guide, ts) -> DiffusionELBO:
+    """Derive the diffusion ELBO and its reweighted losses from a reverse-chain model and a forward-chain guide.
+
+    See the module docstring for the program convention. The result has
+    ``elbo`` (unbiased, one sampled step), ``terms``, ``loss`` (negative ELBO per
+    data point), ``simple_loss`` (eps / x0 / v), ``weights`` (the derived
+    per-step weights), ``predictions`` and ``chain`` (the recognized forward chain).
+
+    Args:
+        model: ``model(x, ts, *args)``, the reverse chain ending in an observed decoder site.
+        guide: ``guide(x, ts)``, the forward noising chain.
+        ts: the increasing time grid (one latent state per time).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import diffusion_elbo
+        >>> @gendsl.model
+        ... def guide(x, ts):
+        ...     z = x
+        ...     for k in range(len(ts)):
+        ...         z = gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * z, 0.3))
+        >>> @gendsl.model
+        ... def model(x, ts):
+        ...     z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+        ...     for k in range(len(ts) - 1, 0, -1):
+        ...         z = gendsl.sample(f"z{k}", dist.Normal(0.5 * z, 0.5))
+        ...     gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+        >>> d = diffusion_elbo(model, guide, ts=jnp.arange(1, 6))
+        >>> d.chain({}, 0.0).A.round(4)  # collapsed q(z_k | x) = N(0.9^k x, S_k^2)
+        Array([0.9   , 0.81  , 0.729 , 0.6561, 0.5905], dtype=float32)
+        >>> d.elbo({}, jax.random.key(0), 1.0).shape
+        ()
+    """
+    return DiffusionELBO(model, guide, ts)

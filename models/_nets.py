@@ -1,0 +1,95 @@
+"""Small networks shared by the diffusion models: an MLP on (state, time, optional class).
+
+Kept small on purpose: the paper models in ``gendsl.models`` train on a CPU.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["TimeMLP", "fourier_time"]
+
+
+def fourier_time(t, features: int = 16) -> jax.Array:
+    """Sinusoidal features of a time ``t`` in [0, 1] (frequencies 1 to 1000, geometric).
+
+    Example:
+        >>> fourier_time(0.5).shape
+        (16,)
+    """
+    freqs = jnp.exp(jnp.linspace(0.0, jnp.log(1000.0), features // 2))
+    angles = jnp.asarray(t, jnp.float32) * freqs
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
+
+
+class TimeMLP(eqx.Module):
+    """An MLP ``(z, t, label) -> output`` with Fourier time features and an optional class embedding.
+
+    Labels are ints in ``0..num_classes``; ``num_classes`` itself is the "no
+    condition" token used by classifier-free guidance.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = TimeMLP(2, hidden=32, depth=2, num_classes=3, key=jax.random.key(0))
+        >>> net(jnp.ones(2), 0.3, 1).shape
+        (2,)
+    """
+
+    layers: list
+    embedding: eqx.nn.Embedding | None
+    shape: tuple = eqx.field(static=True)
+    out_shape: tuple = eqx.field(static=True)
+    time_features: int = eqx.field(static=True)
+
+    def __init__(self, shape, *, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
+                 out_shape=None, time_features: int = 16, class_features: int = 16, key):
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.out_shape = self.shape if out_shape is None else tuple(out_shape)
+        self.time_features = time_features
+        size = int(np.prod(self.shape))
+        out = int(np.prod(self.out_shape))
+        keys = jax.random.split(key, depth + 2)
+        self.embedding = (
+            None if num_classes is None else eqx.nn.Embedding(num_classes + 1, class_features, key=keys[-1])
+        )
+        width = size + time_features + (0 if num_classes is None else class_features)
+        dims = [width] + [hidden] * depth + [out]
+        self.layers = [eqx.nn.Linear(i, o, key=k) for i, o, k in zip(dims[:-1], dims[1:], keys, strict=False)]
+
+    def __call__(self, z, t, label=None):
+        h = [jnp.reshape(z, (-1,)), fourier_time(t, self.time_features)]
+        if self.embedding is not None:
+            if label is None:
+                raise ValueError("TimeMLP: this network is class-conditional; pass a label (num_classes = none)")
+            h.append(self.embedding(jnp.asarray(label, jnp.int32)))
+        h = jnp.concatenate(h)
+        for layer in self.layers[:-1]:
+            h = jax.nn.silu(layer(h))
+        return jnp.reshape(self.layers[-1](h), self.out_shape)
+
+
+def static_part(net) -> eqx.Module:
+    """The non-parameter part of a network (``net``: a module or ``key -> module``), to recombine with params.
+
+    ``gendsl.module`` stores only a network's floating-point arrays as the
+    parameter; ``eqx.combine(params["net"], static_part(net))`` rebuilds the module
+    outside a program.
+
+    Example:
+        >>> import jax
+        >>> init = lambda k: TimeMLP(2, hidden=8, depth=1, key=k)
+        >>> params = eqx.filter(init(jax.random.key(0)), eqx.is_inexact_array)
+        >>> eqx.combine(params, static_part(init))(jax.numpy.ones(2), 0.1).shape
+        (2,)
+    """
+    shapes = eqx.filter_eval_shape(net, jax.random.key(0)) if not isinstance(net, eqx.Module) else net
+    return eqx.partition(shapes, _is_param_leaf)[1]
+
+
+def _is_param_leaf(x) -> bool:
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jnp.issubdtype(x.dtype, jnp.inexact)
+    return eqx.is_inexact_array(x)

@@ -1,0 +1,233 @@
+"""DDPM (Ho et al. 2020) and DDIM (Song et al. 2021) as a gendsl program pair, with classifier-free guidance.
+
+The forward noising chain (the guide) and the reverse chain (the model) are
+ordinary programs over a time grid ``ts``; ``gendsl.inference.diffusion_elbo``
+derives the ELBO and the "simple" losses from them. Both programs are written
+for any variance-preserving schedule given as ``alpha_bar(t)`` (the signal
+fraction of ``q(z_t | x) = N(sqrt(alpha_bar) x, 1 - alpha_bar)``), so the same
+programs serve DDPM (integer times, a beta schedule) and discrete-time VDM
+(``alpha_bar = sigmoid(-gamma(t))``, see ``gendsl.models.vdm``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gendsl
+import gendsl.distributions as dist
+from gendsl.inference import diffusion_elbo
+from gendsl.inference._diffusion_guidance import drop_condition, guided
+from gendsl.inference._diffusion_samplers import ddim_sample, ddpm_sample, vp_posterior
+from gendsl.models._nets import TimeMLP, static_part
+
+__all__ = ["DDPM", "linear_alpha_bar", "to_x0", "vp_forward", "vp_posterior", "vp_reverse"]
+
+
+def linear_alpha_bar(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> np.ndarray:
+    """``alpha_bar_t = prod_{s <= t} (1 - beta_s)`` of DDPM's linear schedule, ``t = 0..T`` (``alpha_bar_0 = 1``).
+
+    Example:
+        >>> linear_alpha_bar(1000)[[0, 1, 1000]].round(5)
+        array([1.000e+00, 9.999e-01, 4.000e-05])
+    """
+    betas = np.linspace(beta_1, beta_T, T, dtype=np.float64)
+    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+
+
+def to_x0(pred, z, alpha_bar_t, parameterization: str):
+    """The x0 prediction implied by a network output in the ``eps``, ``x0`` or ``v`` parameterization (VP)."""
+    a, s = jnp.sqrt(alpha_bar_t), jnp.sqrt(1.0 - alpha_bar_t)
+    if parameterization == "eps":
+        return (z - s * pred) / a
+    if parameterization == "x0":
+        return pred
+    if parameterization == "v":
+        return a * z - s * pred
+    raise ValueError(f"parameterization must be 'eps', 'x0' or 'v', got {parameterization!r}")
+
+
+def _normal(loc, scale, shape):
+    return dist.Normal(loc, scale).expand(shape).to_event(len(shape))
+
+
+def vp_forward(alpha_bar: Callable) -> gendsl.Model:
+    """The forward noising chain ``q(z_1 | x) q(z_2 | z_1) ...`` as a guide program ``guide(x, ts)``.
+
+    Step ``k`` goes from time ``ts[k-1]`` (the data at time "0", ``alpha_bar = 1``)
+    to ``ts[k]``: ``N(alpha_{t|s} z, 1 - alpha_{t|s}^2)``. Sites ``"z1"``, ..., ``"zn"``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> ab = linear_alpha_bar(10)
+        >>> tr = vp_forward(lambda t: jnp.asarray(ab)[t]).simulate(jax.random.key(0), jnp.zeros(2), jnp.arange(1, 11))
+        >>> sorted(tr.choices)[:3]
+        ['z1', 'z10', 'z2']
+    """
+
+    @gendsl.model
+    def guide(x, ts, *_):
+        shape = jnp.shape(x)
+        z, prev = x, 1.0
+        for k in range(len(ts)):
+            ab = alpha_bar(ts[k])
+            ratio = ab / prev
+            z = gendsl.sample(f"z{k + 1}", _normal(jnp.sqrt(ratio) * z, jnp.sqrt(1.0 - ratio), shape))
+            prev = ab
+        return z
+
+    return guide
+
+
+def vp_reverse(
+    alpha_bar: Callable,
+    net: Callable,
+    shape: tuple,
+    *,
+    parameterization: str = "eps",
+    variance: str = "posterior",
+    decoder_scale: float | Callable | None = None,
+    time_scale: float = 1.0,
+) -> gendsl.Model:
+    """The reverse chain as a model program ``model(x, ts, *cond)``.
+
+    ``z_n ~ N(0, I)``; for each earlier time ``s = ts[k-1] < t = ts[k]``,
+    ``z_s ~ N(mu, sigma^2)`` with ``mu`` the posterior mean ``q(z_s | z_t, x0)`` at the
+    network's x0 prediction; finally ``x ~ N(x0_hat(z_1, ts[0]), decoder_scale^2)``.
+
+    Args:
+        alpha_bar: the schedule, ``t -> alpha_bar_t``.
+        net: ``key -> module`` (or a module): ``module(z, t * time_scale, *cond)``
+            predicts eps, x0 or v.
+        shape: the event shape of a data point (used when ``x`` is None, for sampling).
+        parameterization: what the network predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: ``"posterior"`` (sigma^2 = the posterior variance, as in VDM) or
+            ``"beta"`` (sigma^2 = 1 - alpha_{t|s}^2, DDPM's beta_t).
+        decoder_scale: the decoder's standard deviation (a float or ``t -> float``);
+            default ``sqrt(1 - alpha_bar(ts[0]))``.
+        time_scale: the network sees ``t * time_scale`` (``1/T`` for integer times).
+    """
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    shape = tuple(shape)
+
+    @gendsl.model
+    def model(x, ts, *cond):
+        module = gendsl.module("net", net)
+        n = len(ts)
+        z = gendsl.sample(f"z{n}", _normal(0.0, 1.0, shape))
+        for k in range(n - 1, 0, -1):
+            s, t = ts[k - 1], ts[k]
+            ab_s, ab_t = alpha_bar(s), alpha_bar(t)
+            x0 = to_x0(module(z, t * time_scale, *cond), z, ab_t, parameterization)
+            mean, var = vp_posterior(x0, z, ab_s, ab_t)
+            if variance == "beta":
+                var = 1.0 - ab_t / ab_s
+            z = gendsl.sample(f"z{k}", _normal(mean, jnp.sqrt(var), shape))
+        ab_1 = alpha_bar(ts[0])
+        x0 = to_x0(module(z, ts[0] * time_scale, *cond), z, ab_1, parameterization)
+        if decoder_scale is None:
+            scale = jnp.sqrt(1.0 - ab_1)
+        else:
+            scale = decoder_scale(ts[0]) if callable(decoder_scale) else decoder_scale
+        return gendsl.sample("x", _normal(x0, scale, shape), obs=x)
+
+    return model
+
+
+class DDPM:
+    """DDPM / DDIM with optional classifier-free guidance, on data of a fixed event shape.
+
+    Args:
+        shape: the event shape of a data point.
+        T: number of diffusion steps.
+        parameterization: the network predicts ``"eps"`` (DDPM), ``"x0"`` or ``"v"``.
+        variance: reverse-step variance, ``"beta"`` (DDPM) or ``"posterior"``.
+        num_classes: for a class-conditional model (labels ``0..num_classes-1``;
+            ``num_classes`` means "no condition", used by guidance).
+        hidden, depth: the size of the ``TimeMLP`` network.
+        net: ``key -> module`` to use another network, called as ``net(z, t / T, *cond)``.
+
+    Attributes:
+        model, guide: the program pair; ``objective``: the derived ``DiffusionELBO``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> ddpm = DDPM((2,), T=50, hidden=32, depth=2)
+        >>> params = ddpm.init(jax.random.key(0))
+        >>> loss = ddpm.loss(params, jax.random.key(1), jnp.zeros((8, 2)))
+        >>> ddpm.sample(params, jax.random.key(2), 4, method="ddim", steps=10).shape
+        (4, 2)
+    """
+
+    def __init__(self, shape, *, T: int = 1000, parameterization: str = "eps", variance: str = "beta",
+                 num_classes: int | None = None, hidden: int = 128, depth: int = 3, net=None,
+                 alpha_bar: np.ndarray | None = None):
+        self.shape = tuple(shape)
+        self.T = T
+        self.parameterization = parameterization
+        self.num_classes = num_classes
+        self.alpha_bar = linear_alpha_bar(T) if alpha_bar is None else np.asarray(alpha_bar)
+        table = jnp.asarray(self.alpha_bar, jnp.float32)
+        self.ts = np.arange(1, T + 1)
+        if net is None:
+            def net(k):
+                return TimeMLP(self.shape, hidden=hidden, depth=depth, num_classes=num_classes, key=k)
+        self._static = static_part(net)
+        self.guide = vp_forward(lambda t: table[t])
+        self.model = vp_reverse(
+            lambda t: table[t], net, self.shape, parameterization=parameterization, variance=variance,
+            decoder_scale=float(np.sqrt(1.0 - self.alpha_bar[1])), time_scale=1.0 / T,
+        )
+        self.objective = diffusion_elbo(self.model, self.guide, self.ts)
+
+    def _cond(self, label):
+        if self.num_classes is None:
+            return ()
+        if label is None:
+            raise ValueError("DDPM: this model is class-conditional; pass labels (num_classes means none)")
+        return (label,)
+
+    def init(self, key) -> dict:
+        """Initial parameters ``{"net": ...}``."""
+        x = jnp.zeros(self.shape)
+        return self.model.init(key, x, self.ts[:1], *self._cond(jnp.asarray(0)))
+
+    def loss(self, params, key, xs, labels=None, *, p_uncond: float = 0.0) -> jax.Array:
+        """The derived simple loss; with ``p_uncond > 0``, labels are dropped with that probability (CFG training)."""
+        if self.num_classes is None:
+            return self.objective.simple_loss(params, key, xs, parameterization=self.parameterization)
+        key, k_drop = jax.random.split(key)
+        labels = drop_condition(k_drop, labels, p_uncond, self.num_classes)
+        return self.objective.simple_loss(params, key, xs, labels, parameterization=self.parameterization)
+
+    def eps(self, params, z, t, *cond):
+        """The network's noise prediction at integer time ``t`` (converted from its parameterization)."""
+        out = eqx.combine(params["net"], self._static)(z, t / self.T, *cond)
+        ab = jnp.asarray(self.alpha_bar, jnp.float32)[t]
+        if self.parameterization == "eps":
+            return out
+        x0 = to_x0(out, z, ab, self.parameterization)
+        return (z - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+
+    def sample(self, params, key, n: int, *, method: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+               labels=None, guidance: float = 0.0) -> jax.Array:
+        """``n`` samples by ancestral DDPM or DDIM (``steps`` evenly spaced times), optionally guided."""
+        eps_fn = self.eps
+        if self.num_classes is not None:
+            if labels is None:
+                raise ValueError("DDPM.sample: this model is class-conditional; pass labels")
+            eps_fn = guided(self.eps, guidance, self.num_classes)
+            cond = (jnp.broadcast_to(jnp.asarray(labels), (n,)),)
+        else:
+            cond = ()
+        if method == "ddpm":
+            return ddpm_sample(eps_fn, params, key, self.alpha_bar, (n, *self.shape), cond=cond)
+        if method == "ddim":
+            times = np.linspace(self.T, 0, (steps or self.T) + 1).round().astype(int)
+            return ddim_sample(eps_fn, params, key, self.alpha_bar, times, (n, *self.shape), eta=eta, cond=cond)
+        raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")

@@ -1,0 +1,220 @@
+"""The diffusion ELBO derived from a (reverse chain, forward chain) program pair.
+
+Ground truth: DDPM's and VDM's closed-form per-step weights, and gendsl's own
+naive ``elbo(model, guide)`` of the same two programs (a brute-force Monte-Carlo
+ELBO over all sites).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gendsl
+import gendsl.distributions as dist
+from gendsl.inference import DiffusionStructureError, diffusion_elbo, elbo
+from gendsl.models._nets import TimeMLP, static_part
+from gendsl.models.ddpm import vp_forward, vp_reverse
+
+
+def _ddpm_pair(T, beta_1, beta_T, variance, parameterization="eps", hidden=16):
+    betas = np.linspace(beta_1, beta_T, T)
+    ab = np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+    table = jnp.asarray(ab)
+    guide = vp_forward(lambda t: table[t])
+    model = vp_reverse(
+        lambda t: table[t], lambda k: TimeMLP(2, hidden=hidden, depth=2, key=k), (2,),
+        parameterization=parameterization, variance=variance, decoder_scale=0.1, time_scale=1.0 / T,
+    )
+    return model, guide, np.arange(1, T + 1), betas, ab
+
+
+def _vdm_pair(T, gamma_min=-5.0, gamma_max=5.0):
+    def gamma(t):
+        return gamma_min + (gamma_max - gamma_min) * t
+
+    def alpha_bar(t):
+        return jax.nn.sigmoid(-gamma(t))
+
+    guide = vp_forward(alpha_bar)
+    model = vp_reverse(alpha_bar, lambda k: TimeMLP(2, hidden=8, depth=1, key=k), (2,), variance="posterior")
+    ts = np.linspace(0.0, 1.0, T + 1)
+    return model, guide, ts, gamma
+
+
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+def test_ddpm_weights_match_ho_et_al(variance):
+    """(a) eps-form weights: beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (Ho et al. 2020, eq. 12)."""
+    with jax.enable_x64(True):
+        T = 10
+        model, guide, ts, betas, ab = _ddpm_pair(T, 0.01, 0.3, variance)
+        d = diffusion_elbo(model, guide, ts)
+        x = jnp.zeros(2)
+        params = model.init(jax.random.key(0), x, ts[:1])
+        derived = np.asarray(d.weights(params, x, parameterization="eps"))[:, 0]
+        t = np.arange(2, T + 1)
+        beta, alpha = betas[t - 1], 1.0 - betas[t - 1]
+        sigma2 = beta if variance == "beta" else (1 - ab[t - 1]) / (1 - ab[t]) * beta
+        closed = beta**2 / (2 * sigma2 * alpha * (1 - ab[t]))
+        np.testing.assert_allclose(derived, closed, rtol=1e-6, atol=1e-6)
+        # x0 form: the VDM weight 1/2 (SNR(t-1) - SNR(t)) when sigma_t^2 is the posterior variance.
+        if variance == "posterior":
+            snr = np.concatenate([[np.inf], ab[1:] / (1 - ab[1:])])
+            x0w = np.asarray(d.weights(params, x, parameterization="x0"))[:, 0]
+            np.testing.assert_allclose(x0w, 0.5 * (snr[t - 1] - snr[t]), rtol=1e-6, atol=1e-6)
+
+
+def test_vdm_weights_match_half_snr_difference():
+    """(a) VDM (Kingma et al. 2021, eq. 13): x0-form weight 1/2 (SNR(s) - SNR(t)), SNR = exp(-gamma)."""
+    with jax.enable_x64(True):
+        model, guide, ts, gamma = _vdm_pair(T=8)
+        d = diffusion_elbo(model, guide, ts)
+        x = jnp.zeros(2)
+        params = model.init(jax.random.key(0), x, ts[:1])
+        snr = np.exp(-gamma(ts))
+        np.testing.assert_allclose(
+            np.asarray(d.weights(params, x, parameterization="x0"))[:, 0], 0.5 * (snr[:-1] - snr[1:]), rtol=1e-6
+        )
+        # eps form: 1/2 (SNR(s)/SNR(t) - 1); v form: x0 weight * (S_t / (A_t^2 + S_t^2))^2 = * sigma_t^2 (VP).
+        np.testing.assert_allclose(
+            np.asarray(d.weights(params, x, parameterization="eps"))[:, 0], 0.5 * (snr[:-1] / snr[1:] - 1), rtol=1e-6
+        )
+        sigma2 = 1 / (1 + snr[1:])
+        np.testing.assert_allclose(
+            np.asarray(d.weights(params, x, parameterization="v"))[:, 0],
+            0.5 * (snr[:-1] - snr[1:]) * sigma2,
+            rtol=1e-6,
+        )
+
+
+def test_recognized_chain_is_the_collapsed_marginal():
+    model, guide, ts, betas, ab = _ddpm_pair(10, 0.01, 0.3, "beta")
+    chain = diffusion_elbo(model, guide, ts).chain({}, jnp.zeros(2))
+    np.testing.assert_allclose(chain.A[:, 0], np.sqrt(ab[1:]), rtol=1e-5)
+    np.testing.assert_allclose(chain.S[:, 0], np.sqrt(1 - ab[1:]), rtol=1e-5)
+    np.testing.assert_allclose(chain.a[:, 0] ** 2, 1 - betas, rtol=1e-5)
+
+
+def _mean_se(v):
+    v = np.asarray(v, np.float64)
+    return v.mean(), v.std(ddof=1) / np.sqrt(v.size)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_derived_estimator_matches_brute_force_elbo(parameterization):
+    """(b) the derived estimator's mean equals gendsl's naive elbo(model, guide) of the same programs (4 SE)."""
+    T = 6
+    model, guide, ts, *_ = _ddpm_pair(T, 0.05, 0.4, "beta", parameterization)
+    d = diffusion_elbo(model, guide, ts)
+    x = jnp.array([0.7, -0.4])
+    params = model.init(jax.random.key(3), x, ts[:1])
+    keys = jax.random.split(jax.random.key(4), 10_000)
+    naive = elbo(model, guide)
+    brute = jax.jit(jax.vmap(lambda k: naive.estimate(k, params, x, ts)))(keys)
+    derived = jax.jit(jax.vmap(lambda k: d.elbo(params, k, x)))(keys)
+    (mb, sb), (md, sd) = _mean_se(brute), _mean_se(derived)
+    assert abs(mb - md) < 4 * np.hypot(sb, sd), (mb, sb, md, sd)
+
+
+def test_exact_step_sum_matches_brute_force():
+    """Summing every step's KL (no sampled index) estimates the same ELBO."""
+    T = 5
+    model, guide, ts, *_ = _ddpm_pair(T, 0.05, 0.4, "posterior")
+    d = diffusion_elbo(model, guide, ts)
+    x = jnp.array([0.3, 0.2])
+    params = model.init(jax.random.key(5), x, ts[:1])
+
+    def full(k):
+        parts = [d.terms(params, jax.random.fold_in(k, j), x, step=j) for j in range(1, T)]
+        return parts[0]["reconstruction"] - parts[0]["prior_kl"] - sum(p["step_kl"] for p in parts)
+
+    keys = jax.random.split(jax.random.key(6), 10_000)
+    derived = jax.jit(jax.vmap(full))(keys)
+    brute = jax.jit(jax.vmap(lambda k: elbo(model, guide).estimate(k, params, x, ts)))(keys)
+    (mb, sb), (md, sd) = _mean_se(brute), _mean_se(derived)
+    assert abs(mb - md) < 4 * np.hypot(sb, sd), (mb, sb, md, sd)
+
+
+def test_simple_loss_recovers_the_network_prediction():
+    """The implied eps of an eps-parameterized model is the network's output (inversion is exact)."""
+    T = 10
+    model, guide, ts, *_ = _ddpm_pair(T, 0.01, 0.3, "beta", "eps")
+    d = diffusion_elbo(model, guide, ts)
+    x = jnp.array([0.5, -1.0])
+    params = model.init(jax.random.key(0), x, ts[:1])
+    z = jnp.array([0.2, 0.1])
+    k = 4
+    pred = d.predictions(params, jax.random.key(1), x, k, z)
+    module = eqx.combine(params["net"], static_part(lambda kk: TimeMLP(2, hidden=16, depth=2, key=kk)))
+    np.testing.assert_allclose(pred["eps"], module(z, ts[k] / T), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- errors that name the site
+
+
+def _guide_with(step):
+    @gendsl.model
+    def guide(x, ts):
+        z = x
+        for k in range(len(ts)):
+            z = gendsl.sample(f"z{k + 1}", step(k, z))
+
+    return guide
+
+
+@gendsl.model
+def _model(x, ts):
+    z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+    for k in range(len(ts) - 1, 0, -1):
+        z = gendsl.sample(f"z{k}", dist.Normal(0.5 * z, 0.5))
+    gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (lambda k, z: dist.Laplace(0.9 * z, 0.3) if k == 1 else dist.Normal(0.9 * z, 0.3), "'z2' is Laplace"),
+        (lambda k, z: dist.Normal(jnp.tanh(z) if k == 2 else 0.9 * z, 0.3), "'z3': its mean is not"),
+        (lambda k, z: dist.Normal(0.9 * z, 0.3 + 0.1 * z**2 if k == 1 else 0.3), "'z2': its scale depends"),
+    ],
+)
+def test_unsupported_guides_are_errors_that_name_the_site(step, message):
+    d = diffusion_elbo(_model, _guide_with(step), jnp.arange(1, 5))
+    with pytest.raises(DiffusionStructureError, match=message):
+        d.elbo({}, jax.random.key(0), 1.0)
+
+
+def test_a_non_markov_guide_is_an_error():
+    @gendsl.model
+    def guide(x, ts):
+        zs = [x]
+        for k in range(len(ts)):
+            zs.append(gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * zs[-1] + 0.1 * zs[0], 0.3)))
+
+    with pytest.raises(DiffusionStructureError, match="'z2': its mean is not"):
+        diffusion_elbo(_model, guide, jnp.arange(1, 4)).chain({}, 1.0)
+
+
+def test_non_normal_model_step_and_mismatched_sites_are_errors():
+    good = _guide_with(lambda k, z: dist.Normal(0.9 * z, 0.3))
+
+    @gendsl.model
+    def student(x, ts):
+        z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+        for k in range(len(ts) - 1, 0, -1):
+            z = gendsl.sample(f"z{k}", dist.StudentT(3.0, 0.5 * z, 0.5))
+        gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+
+    with pytest.raises(DiffusionStructureError, match="model site 'z1' is StudentT"):
+        diffusion_elbo(student, good, jnp.arange(1, 4)).elbo({}, jax.random.key(0), 1.0)
+
+    @gendsl.model
+    def renamed(x, ts):
+        z = gendsl.sample(f"y{len(ts)}", dist.Normal(0.0, 1.0))
+        for k in range(len(ts) - 1, 0, -1):
+            z = gendsl.sample(f"y{k}", dist.Normal(0.5 * z, 0.5))
+        gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+
+    with pytest.raises(DiffusionStructureError, match="same addresses"):
+        diffusion_elbo(renamed, good, jnp.arange(1, 4)).check({}, 1.0)
