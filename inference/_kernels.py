@@ -144,7 +144,7 @@ def pfgmpp_kernel(D):
         >>> bool(jnp.allclose(s, -(2 + 4) * x / (x @ x + 4.0), rtol=1e-5))
         True
     """
-    if D is not None and not D > 0:
+    if D is not None and not isinstance(D, jax.core.Tracer) and not D > 0:
         raise ValueError(f"pfgmpp_kernel: D must be a positive number of augmented dimensions or None, got {D!r}")
 
     @gendsl.model
