@@ -6,6 +6,8 @@
   gendsl vs hand-written JAX vs NumPyro; fewer timed calls for the bigger batches);
 * ``first_step.py`` (time to first step in fresh processes);
 * ``scaling.py`` (gendsl ELBO step vs batch 64..4096 and vs latent dimension 10..100);
+* ``genjax_peer/report.py`` (unless ``--no-peers``): the noisy cone in gendsl, NumPyro and Pyro, and
+  genjax.vi in Tables 1, 2, 4 through the genjax environment's Python (skipped with a message without it);
 
 and writes the report: a summary of the goals of the benchmarks issue, then each
 section's tables with the command that produced them, the machine and the date.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -86,6 +89,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="very few calls (to check the script, not for numbers)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--no-peers", action="store_true", help="skip the peer benchmarks (genjax.vi, noisy-cone peers)")
     args = p.parse_args(argv)
     started = datetime.datetime.now()
     t_all = time.perf_counter()
@@ -104,6 +108,15 @@ def main(argv=None):
 
     # --- scaling -----------------------------------------------------------------------------
     scaling = run(["benchmarks/scaling.py", "--calls", str(max(30 // scale, 3))])
+
+    # --- peers: genjax.vi in Tables 1, 2, 4 and the noisy cone in NumPyro / Pyro ------------------
+    # (benchmarks/genjax_peer/report.py; the genjax part runs in its own environment or is skipped)
+    peer_md, peer_summary = [], []
+    if not args.no_peers:
+        spec = importlib.util.spec_from_file_location("peer_report", HERE / "genjax_peer" / "report.py")
+        peer_report = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peer_report)
+        peer_md, peer_summary, _ = peer_report.peer_sections(args.quick)
     elapsed = time.perf_counter() - t_all
 
     # --- summary -----------------------------------------------------------------------------
@@ -246,6 +259,14 @@ def main(argv=None):
         "variance × time product, next to NumPyro `TraceGraph_ELBO`.",
         "",
     ]
+    # peer rows after the goals' rows, peer sections before "Not yet measured" (or at the end)
+    rows = [i for i, line in enumerate(md) if line.startswith("| ")]
+    at = next((i for i in rows if i > md.index("## Summary")), len(md)) if "## Summary" in md else len(md)
+    while at < len(md) and md[at].startswith("| "):
+        at += 1
+    md[at:at] = peer_summary
+    at = md.index("## Not yet measured") if "## Not yet measured" in md else len(md)
+    md[at:at] = peer_md
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} in {elapsed / 60:.1f} min", file=sys.stderr)
 
