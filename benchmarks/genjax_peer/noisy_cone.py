@@ -105,7 +105,8 @@ def model_two_sites(*params):
 
 
 SHARED_KEY_NOTE = (
-    "genjax 0.10.3's ADEV interpreter hands the same key to every sampling primitive of one expectation "
+    "genjax 0.10.3's ADEV interpreter hands the same key to every reparameterized (tail-call) primitive of one "
+    "expectation "
     "(`adev_prim.jvp_estimate(key, ...)` and the continuation both get the interpreter's key; the primitive's "
     "own split is not passed on), so separate `normal_reparam` sites for x and y draw the same standard "
     "normal: x = μ₁ + σ₁ε, y = μ₂ + σ₂ε. The estimates then follow a different distribution than the bound's"
