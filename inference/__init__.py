@@ -36,6 +36,7 @@ from gendsl.inference._strategies import (
 from gendsl.inference._svi import SVI, NonFiniteError, SVIRunResult, SVIState
 
 # diffusion (part A)
+# isort: split
 from gendsl.inference._diffusion import (
     DiffusionELBO,
     DiffusionStructureError,
@@ -43,6 +44,8 @@ from gendsl.inference._diffusion import (
     diffusion_elbo,
     gaussian_kl,
 )
+from gendsl.inference._diffusion_guidance import Guided, drop_condition, guided
+from gendsl.inference._diffusion_samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, vp_posterior
 
 # flows and kernels (part B)
 # isort: split
@@ -118,6 +121,14 @@ __all__ = [
     "DiffusionELBO",
     "DiffusionStructureError",
     "GaussianChain",
+    "Guided",
+    "ddim_sample",
+    "ddpm_sample",
     "diffusion_elbo",
+    "drop_condition",
+    "edm_sample",
     "gaussian_kl",
+    "guided",
+    "karras_sigmas",
+    "vp_posterior",
 ]

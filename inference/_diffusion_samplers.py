@@ -168,7 +168,9 @@ def edm_sample(denoise_fn: Callable, params, key, sigmas, shape: tuple, *, churn
         gamma = jnp.where((sigma >= s_tmin) & (sigma <= s_tmax), gamma_max, 0.0)
         sigma_hat = sigma * (1.0 + gamma)
         noise = jax.random.normal(jax.random.fold_in(key, i), shape)
-        x_hat = x + jnp.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise
+        # sqrt(sigma_hat^2 - sigma^2), written so that gamma = 0 gives exactly 0 (a fused
+        # multiply-add of the difference can round below zero and give NaN).
+        x_hat = x + sigma * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * noise
         d = (x_hat - _batched(denoise_fn, params, x_hat, sigma_hat, cond)) / sigma_hat
         x_next = x_hat + (sigma_next - sigma_hat) * d
         # Heun's correction, except on the last step to sigma = 0 (Euler there, as in EDM).
