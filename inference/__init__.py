@@ -49,6 +49,7 @@ from gendsl.inference._diffusion_samplers import ddim_sample, ddpm_sample, edm_s
 
 # flows and kernels (part B)
 # isort: split
+from gendsl.inference._guidance import dps_guidance, svdd_sample, tweedie_guidance, tweedie_value
 from gendsl.inference._kernels import PFGMPPKernel, pfgmpp_kernel, pfgmpp_loss, pfgmpp_perturb, pfgmpp_r
 from gendsl.inference._ode import denoiser_velocity, ode_log_likelihood, ode_solve, probability_flow
 from gendsl.inference._paths import (
@@ -104,6 +105,7 @@ __all__ = [
     "denoising_loss",
     "denoising_score_matching",
     "denoiser_velocity",
+    "dps_guidance",
     "flow_matching",
     "kernel_score",
     "linear_path",
@@ -116,7 +118,10 @@ __all__ = [
     "pfgmpp_r",
     "probability_flow",
     "stochastic_interpolant",
+    "svdd_sample",
     "trig_path",
+    "tweedie_guidance",
+    "tweedie_value",
     # diffusion (part A)
     "DiffusionELBO",
     "DiffusionStructureError",
