@@ -44,6 +44,17 @@ from gendsl.inference._diffusion import (
     diffusion_elbo,
     gaussian_kl,
 )
+from gendsl.inference._diffusion_continuous import (
+    LearnedSchedule,
+    LinearSchedule,
+    discrete_decoder_log_prob,
+    edm_denoise,
+    edm_loss,
+    edm_precond,
+    edm_weight,
+    gamma_and_derivative,
+    vdm_terms,
+)
 from gendsl.inference._diffusion_guidance import Guided, drop_condition, guided
 from gendsl.inference._diffusion_samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, vp_posterior
 
@@ -127,13 +138,22 @@ __all__ = [
     "DiffusionStructureError",
     "GaussianChain",
     "Guided",
+    "LearnedSchedule",
+    "LinearSchedule",
     "ddim_sample",
     "ddpm_sample",
     "diffusion_elbo",
+    "discrete_decoder_log_prob",
     "drop_condition",
+    "edm_denoise",
+    "edm_loss",
+    "edm_precond",
     "edm_sample",
+    "edm_weight",
+    "gamma_and_derivative",
     "gaussian_kl",
     "guided",
     "karras_sigmas",
+    "vdm_terms",
     "vp_posterior",
 ]
