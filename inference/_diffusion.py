@@ -78,10 +78,16 @@ class DiffusionStructureError(GendslError, ValueError):
 class GaussianChain:
     """The forward chain recognized in a guide, per latent step ``k = 1..n`` (arrays stacked on axis 0).
 
+    Coefficients are scalars per step when the schedule is the same for every
+    element (the usual case), otherwise arrays of the data's event shape.
+
     Attributes:
         names: the latent addresses in the guide's execution order (``z_1`` first).
         a, b, s: ``q(z_k | z_{k-1}) = N(a_k z_{k-1} + b_k, s_k^2)`` with ``z_0 = x``.
         A, B, S: the collapsed marginals ``q(z_k | x) = N(A_k x + B_k, S_k^2)``.
+        table: per step, ``(A, B, S, c_x, c_z, c_0, var)`` stacked on axis 1, where
+            ``q(z_{k-1} | z_k, x) = N(c_x x + c_z z_k + c_0, var)``: a loss reads one
+            row per sampled step (one gather instead of nine).
     """
 
     names: tuple[str, ...]
@@ -91,6 +97,20 @@ class GaussianChain:
     A: jax.Array
     B: jax.Array
     S: jax.Array
+    table: jax.Array = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self):
+        prec_prev = 1.0 / self.S[:-1] ** 2
+        a, s2 = self.a[1:], self.s[1:] ** 2
+        var = 1.0 / (prec_prev + a**2 / s2)
+        post = [var * self.A[:-1] * prec_prev, var * a / s2, var * (self.B[:-1] * prec_prev - a * self.b[1:] / s2), var]
+        # Step 0 has no posterior (its parent is the data): harmless placeholders, never read by the losses.
+        post = [jnp.concatenate([jnp.ones_like(c[:1]), c]) for c in post]
+        object.__setattr__(self, "table", jnp.stack([self.A, self.B, self.S, *post], axis=1))
+
+    def at(self, k) -> tuple:
+        """``(A_k, B_k, S_k, c_x, c_z, c_0, var)`` of 0-based step ``k`` (may be traced)."""
+        return tuple(self.table[k][i] for i in range(7))
 
     def snr(self) -> jax.Array:
         """Signal-to-noise ratio ``A_k^2 / S_k^2`` of each collapsed marginal."""
@@ -103,13 +123,7 @@ class GaussianChain:
 
     def posterior_coefficients(self, k):
         """``(c_x, c_z, c_0, var)`` with posterior mean ``c_x x + c_z z_k + c_0`` (0-based ``k >= 1``)."""
-        prec_prev = 1.0 / self.S[k - 1] ** 2
-        a, s2 = self.a[k], self.s[k] ** 2
-        var = 1.0 / (prec_prev + a**2 / s2)
-        c_x = var * self.A[k - 1] * prec_prev
-        c_z = var * a / s2
-        c_0 = var * (self.B[k - 1] * prec_prev - a * self.b[k] / s2)
-        return c_x, c_z, c_0, var
+        return self.at(k)[3:]
 
 
 def gaussian_kl(m_q, v_q, m_p, v_p) -> jax.Array:
@@ -152,6 +166,11 @@ def _split(sites: dict, who: str) -> tuple[list[str], list[str]]:
     if not latents:
         raise DiffusionStructureError(f"the {who} has no latent sites: expected a chain of Normal sites")
     return latents, observed
+
+
+def _uniform(c) -> bool:
+    flat = np.asarray(c).reshape(c.shape[0], -1)
+    return bool(np.all(flat == flat[:, :1]))
 
 
 def _concrete(*trees) -> bool:
@@ -231,6 +250,9 @@ class DiffusionELBO:
         if _concrete(a, b, s, ds):
             self._check_affine(locs_scales, names, a, b, s, ds, shape, dtype)
         a, b, s = jnp.stack(a), jnp.stack(b), jnp.stack(s)
+        if _concrete(a, b, s) and all(_uniform(c) for c in (a, b, s)):
+            # One schedule for every element: scalars per step, so a loss gathers scalars, not event-sized rows.
+            a, b, s = (c.reshape(self.n, -1)[:, 0] for c in (a, b, s))
         A, B, S2 = [a[0]], [b[0]], [s[0] ** 2]
         for k in range(1, self.n):
             A.append(a[k] * A[-1])
@@ -301,10 +323,10 @@ class DiffusionELBO:
         """
         chain = self.chain(params, x) if chain is None else chain
         loc, scale = self._step(params, key, x, k, z_k, args)
-        c_x, c_z, c_0, _ = chain.posterior_coefficients(k)
+        A, B, S, c_x, c_z, c_0, _ = chain.at(k)
         x0 = (loc - c_z * z_k - c_0) / c_x
-        eps = (z_k - chain.A[k] * x0 - chain.B[k]) / chain.S[k]
-        return {"x0": x0, "eps": eps, "v": chain.A[k] * eps - chain.S[k] * x0, "loc": loc, "scale": scale}
+        eps = (z_k - A * x0 - B) / S
+        return {"x0": x0, "eps": eps, "v": A * eps - S * x0, "loc": loc, "scale": scale}
 
     # ------------------------------------------------------------------ objectives
     def terms(self, params, key, x, *args, step=None) -> dict:
@@ -327,8 +349,9 @@ class DiffusionELBO:
         k_step, k_z, k_rec, k_model = jax.random.split(key, 4)
         k = jax.random.randint(k_step, (), 1, self.n) if step is None else jnp.asarray(step)
         eps = jax.random.normal(k_z, jnp.shape(x), jnp.result_type(x))
-        z_k = chain.A[k] * x + chain.B[k] + chain.S[k] * eps
-        m_q, v_q = chain.posterior(k, x, z_k)
+        A, B, S, c_x, c_z, c_0, v_q = chain.at(k)
+        z_k = A * x + B + S * eps
+        m_q = c_x * x + c_z * z_k + c_0
         loc, scale = self._step(params, k_model, x, k, z_k, args)
         step_kl = gaussian_kl(m_q, v_q, loc, scale**2)
 
@@ -366,9 +389,10 @@ class DiffusionELBO:
             k_step, k_z, k_model = jax.random.split(kk, 3)
             k = jax.random.randint(k_step, (), 1, self.n)
             eps = jax.random.normal(k_z, jnp.shape(x), jnp.result_type(x))
-            z_k = chain.A[k] * x + chain.B[k] + chain.S[k] * eps
+            A, B, S, *_ = chain.at(k)
+            z_k = A * x + B + S * eps
             pred = self.predictions(params, k_model, x, k, z_k, *a, chain=chain)[parameterization]
-            target = {"eps": eps, "x0": x, "v": chain.A[k] * eps - chain.S[k] * x}[parameterization]
+            target = {"eps": eps, "x0": x, "v": A * eps - S * x}[parameterization]
             return jnp.mean((pred - target) ** 2)
 
         keys = jax.random.split(key, jnp.shape(xs)[0])
@@ -401,9 +425,14 @@ class DiffusionELBO:
         if model_scale is None:
             zero = jnp.zeros(jnp.shape(x_like), jnp.result_type(x_like))
             model_scale = jax.vmap(lambda k: self._step(params, jax.random.key(0), zero, k, zero, ())[1])(ks)
-        c_x = jax.vmap(lambda k: chain.posterior_coefficients(k)[0])(ks)
-        w = c_x**2 / (2.0 * jnp.asarray(model_scale) ** 2)
-        A, S = chain.A[1:], chain.S[1:]
+        model_scale = jnp.asarray(model_scale)
+
+        def per_step(c):  # scalar-per-step coefficients broadcast against event-shaped scales
+            return jnp.reshape(c, c.shape + (1,) * (model_scale.ndim - c.ndim))
+
+        c_x = per_step(jax.vmap(lambda k: chain.posterior_coefficients(k)[0])(ks))
+        w = c_x**2 / (2.0 * model_scale**2)
+        A, S = per_step(chain.A[1:]), per_step(chain.S[1:])
         if parameterization == "eps":
             w = w * (S / A) ** 2
         elif parameterization == "v":

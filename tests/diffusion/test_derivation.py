@@ -91,9 +91,10 @@ def test_vdm_weights_match_half_snr_difference():
 def test_recognized_chain_is_the_collapsed_marginal():
     model, guide, ts, betas, ab = _ddpm_pair(10, 0.01, 0.3, "beta")
     chain = diffusion_elbo(model, guide, ts).chain({}, jnp.zeros(2))
-    np.testing.assert_allclose(chain.A[:, 0], np.sqrt(ab[1:]), rtol=1e-5)
-    np.testing.assert_allclose(chain.S[:, 0], np.sqrt(1 - ab[1:]), rtol=1e-5)
-    np.testing.assert_allclose(chain.a[:, 0] ** 2, 1 - betas, rtol=1e-5)
+    assert chain.A.shape == (10,)  # one schedule for both elements: recognized as scalars per step
+    np.testing.assert_allclose(chain.A, np.sqrt(ab[1:]), rtol=1e-5)
+    np.testing.assert_allclose(chain.S, np.sqrt(1 - ab[1:]), rtol=1e-5)
+    np.testing.assert_allclose(chain.a**2, 1 - betas, rtol=1e-5)
 
 
 def _mean_se(v):
@@ -218,3 +219,17 @@ def test_non_normal_model_step_and_mismatched_sites_are_errors():
 
     with pytest.raises(DiffusionStructureError, match="same addresses"):
         diffusion_elbo(renamed, good, jnp.arange(1, 4)).check({}, 1.0)
+
+
+def test_elementwise_schedule_keeps_per_element_coefficients():
+    @gendsl.model
+    def guide(x, ts):
+        z = x
+        for k in range(len(ts)):
+            z = gendsl.sample(f"z{k + 1}", dist.Normal(jnp.array([0.9, 0.6]) * z + 0.1, jnp.array([0.3, 0.5])))
+
+    chain = diffusion_elbo(_model, guide, jnp.arange(1, 4)).chain({}, jnp.zeros(2))
+    assert chain.A.shape == (3, 2)
+    np.testing.assert_allclose(chain.A[-1], [0.9**3, 0.6**3], rtol=1e-6)
+    np.testing.assert_allclose(chain.B[-1], [0.1 * (1 + 0.9 + 0.81), 0.1 * (1 + 0.6 + 0.36)], rtol=1e-6)
+    np.testing.assert_allclose(chain.S[-1] ** 2, [0.09 * (1 + 0.81 + 0.6561), 0.25 * (1 + 0.36 + 0.1296)], rtol=1e-5)
