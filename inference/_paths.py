@@ -234,7 +234,9 @@ def _objective(fn, net, draw, time):
     def example(datum, *args):
         t = jnp.asarray(time.mean, jnp.result_type(float))
         t = jnp.where(jnp.isfinite(t), t, 1.0)
-        return draw(jax.random.key(0), t, datum, *args), t
+        # Only the shape of x_t matters to initialize the network: no need to run the sampler.
+        shape = jax.eval_shape(lambda d, a: draw(jax.random.key(0), t, d, *a), datum, args)
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape), t
 
     return _NetObjective(fn, net, example)
 

@@ -1,1 +1,0 @@
-"""Models from the literature written as gendsl programs (installed as gendsl.models)."""
