@@ -2,7 +2,7 @@
 
 # flows and kernels (part B)
 # isort: split
-from gendsl.models.flow_matching import FlowMatching, TimeMLP, coupling_path, energy_distance
+from gendsl.models.flow_matching import FlowMatching, TimeMLP, coupling_path, energy_distance, mmd
 from gendsl.models.pfgmpp import PFGMPP, edm_sigmas
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "coupling_path",
     "edm_sigmas",
     "energy_distance",
+    "mmd",
 ]
