@@ -116,6 +116,12 @@ def _length(name: str, xs: Any, length: int | None) -> int:
     return length
 
 
+def _at_step(value: Any, t) -> Any:
+    # One dynamic_slice indexed by the loop counter itself (no negative-index arithmetic):
+    # the estimators' dependency analysis reads it as "this step's element".
+    return jax.tree_util.tree_map(lambda v: jax.lax.dynamic_index_in_dim(v, t, 0, keepdims=False), value)
+
+
 class _Stacked:
     """A value taken from data keyed by full address: it still has loop axes."""
 
@@ -186,7 +192,7 @@ class _ScanFrame(Messenger):
         _resolve(self.outer, probe)
         probe["name"] = inner_name
         if isinstance(probe["value"], _Stacked):
-            probe["value"] = _Stacked(probe["value"].value[self.t])
+            probe["value"] = _Stacked(_at_step(probe["value"].value, self.t))
 
     def process_message(self, msg) -> None:
         kind = msg["type"]
@@ -232,7 +238,7 @@ class _ScanFrame(Messenger):
         _resolve(self.outer, probe)
         value = probe["value"]
         if isinstance(value, _Stacked):
-            value = value.value[self.t]
+            value = _at_step(value.value, self.t)
         if value is not None:
             msg["value"] = value
             msg["is_observed"] = probe["is_observed"]

@@ -39,6 +39,7 @@ from gendsl._address import address_hash, as_key, join, site_key
 from gendsl._seed import seed
 from gendsl._trace import Recorder
 from gendsl.inference._branches import branches, enumerate_values
+from gendsl.inference._provenance import costs, score_site
 from gendsl.inference._strategies import Enum, EstimatorError, Reinforce, Reparam, resolve
 
 __all__ = ["Expectation", "baselines", "density", "expectation", "repeat", "sim"]
@@ -73,11 +74,12 @@ class Branches:
 class _Run:
     """The record of one execution of an objective."""
 
-    def __init__(self, key, overrides, *, prefix="", exact_allowed=True):
+    def __init__(self, key, overrides, *, prefix="", exact_allowed=True, track=False):
         self.key = key
         self.overrides = overrides
         self.prefix = prefix
         self.exact_allowed = exact_allowed
+        self.track = track  # tag REINFORCE values for dependency tracking (see _provenance)
         self.reinforce: dict[str, Any] = {}
         self.strategies: dict[str, Reinforce] = {}
         self.site_group: dict[str, str] = {}  # site address -> enclosing repeat address
@@ -209,7 +211,9 @@ def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
         static: dict[str, Any] = {}
 
         def one(i, overrides):
-            child = _Run(jax.random.fold_in(base_key, i), [], prefix=address, exact_allowed=False)
+            child = _Run(
+                jax.random.fold_in(base_key, i), [], prefix=address, exact_allowed=False, track=parent.track
+            )
             child.overrides = [
                 Override(o.address, o.index, o.value, o.path[1:], jnp.logical_and(o.active, o.path[0] == i))
                 for o in overrides
@@ -294,6 +298,14 @@ class _SimSites(Messenger):
         self.loop_strategies[address] = strategy
         probe["stop_gradient"] = True
         if isinstance(strategy, Reinforce):
+            if self.run.track and strategy.track_dependencies:
+                loops = len(probe.get("loop_steps", ()))
+                batch_ndim = len(probe["fn"].batch_shape)
+
+                def tag(msg):
+                    msg["value"] = score_site(msg["value"], address=address, loops=loops, batch_ndim=batch_ndim)
+
+                probe.setdefault("post", []).append(tag)
             return
         steps = probe.get("loop_steps", ())
         if len(steps) != 1:
@@ -340,8 +352,12 @@ class _SimSites(Messenger):
         run = self.run
         value = sg(msg["value"])
         if isinstance(strategy, Reinforce):
+            score = fn.log_prob(value)
+            if run.track and strategy.track_dependencies:
+                batch_ndim = jnp.ndim(score) if jnp.shape(value)[: jnp.ndim(score)] == jnp.shape(score) else -1
+                value = score_site(value, address=address, loops=0, batch_ndim=batch_ndim)
             msg["value"] = value
-            run.reinforce[address] = jnp.sum(fn.log_prob(value))
+            run.reinforce[address] = score
             run.strategies[address] = strategy
             return
         mine = [o for o in run.overrides if o.address == address and not o.path]
@@ -363,7 +379,7 @@ class _SimSites(Messenger):
     def _loop_site_replayed(self, msg, address, strategy) -> None:
         """A loop site after the loop: register its score or its stacked branches."""
         if isinstance(strategy, Reinforce):
-            self.run.reinforce[address] = jnp.sum(msg["fn"].log_prob(msg["value"]))
+            self.run.reinforce[address] = msg["fn"].log_prob(msg["value"])  # (steps, ...) per element
             self.run.strategies[address] = strategy
             return
         extras = msg.get("gendsl_loop_extras")
@@ -388,11 +404,43 @@ def _scalar(f) -> jax.Array:
     return f
 
 
-def _execute(fn, args, kwargs, key, overrides):
-    run = _Run(key, overrides)
+def _execute(fn, args, kwargs, key, overrides, track=False):
+    run = _Run(key, overrides, track=track)
     with _active(run):
         f = _scalar(fn(*args, **kwargs))
     return run, f
+
+
+def _tracked_execute(fn, args, kwargs, key, overrides):
+    """``_execute`` through a jaxpr, with each tracked REINFORCE site's paired cost ``Q``.
+
+    The objective is traced once with its REINFORCE values tagged, the jaxpr is analysed (see
+    ``_provenance``) and evaluated, so nothing runs twice. The run's arrays come back as outputs
+    of the jaxpr; its static parts (addresses, strategies) from the trace.
+    """
+    box = {}
+
+    def traced():
+        run, f = _execute(fn, args, kwargs, key, overrides, track=True)
+        box["run"] = run
+        branches_ = [(b.index, b.value, b.carrier, b.path) for b in run.branches]
+        return f, (run.reinforce, branches_, run.enum_logq, run.group_baselines)
+
+    closed, shapes = jax.make_jaxpr(traced, return_shape=True)()
+    run = box["run"]
+    outputs, q = costs(closed, run.reinforce)
+    f, (run.reinforce, found, run.enum_logq, run.group_baselines) = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(shapes), outputs
+    )
+    run.branches = [Branches(b.address, *arrays) for b, arrays in zip(run.branches, found, strict=True)]
+    return run, f, q
+
+
+def _tracked_sites(run) -> bool:
+    return any(
+        run.strategies[a].track_dependencies and run.group_baselines.get(run.site_group.get(a)) is None
+        for a in run.reinforce
+    )
 
 
 def _baseline(strategy: Reinforce, address, ema, loo, args):
@@ -409,7 +457,12 @@ def _baseline(strategy: Reinforce, address, ema, loo, args):
 
 
 def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
-    """``(surrogate, value, score terms)`` of one execution; see the module docstring."""
+    """``(surrogate, value, score terms, enum log q)`` of one execution; see the module docstring.
+
+    The score terms map each REINFORCE site to ``(log q - sg(log q), Q)``, per element of the
+    site; ``Q`` is the cost its score is paired with: the part of the objective that depends on
+    the element (dependency tracking), or the whole objective.
+    """
     run, f = _execute(fn, args, kwargs, key, overrides)
     statics.update(run.strategies)
     if run.exact:
@@ -418,13 +471,16 @@ def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
         def branch(v):
             inner = [*overrides, Override(address, 0, v)]
             s, value, terms, logq = _surrogate(fn, args, kwargs, key, inner, ema, statics)
-            for a, dlq in terms.items():
-                s = s + jnp.sum(dlq * sg(value - _baseline(statics[a], a, ema, None, args)))
+            for a, (dlq, q) in terms.items():
+                s = s + jnp.sum(dlq * sg(q - _baseline(statics[a], a, ema, None, args)))
             return s, value, logq[address]
 
         s, values, logq = jax.vmap(branch)(support)
         weight = jnp.exp(logq)
         return jnp.sum(weight * s), jnp.sum(weight * values), {}, run.enum_logq
+    q = {}
+    if _tracked_sites(run):
+        run, f, q = _tracked_execute(fn, args, kwargs, key, overrides)
     s = f
     for b in run.branches:
 
@@ -440,14 +496,18 @@ def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
         dlq = lq - sg(lq)
         if group is not None:
             # Per-particle baselines: the term is complete here.
-            s = s + jnp.sum(dlq * sg(f - jnp.reshape(group, group.shape + (1,) * (dlq.ndim - group.ndim))))
+            group = jnp.reshape(group, group.shape + (1,) * (dlq.ndim - group.ndim))
+            s = s + jnp.sum(dlq * sg(f - group))
         else:
-            terms[a] = dlq
+            terms[a] = (dlq, q[a] if run.strategies[a].track_dependencies else f)
     return s, f, terms, run.enum_logq
 
 
 def _estimate(fn, args, kwargs, key, ema, samples):
-    """Mean surrogate and mean value over ``samples`` replicates (LOO baselines across them)."""
+    """Mean surrogate, mean value, the sites' strategies and their mean paired costs.
+
+    With ``samples > 1`` replicates, ``"loo"`` baselines are the other replicates' mean cost.
+    """
     statics: dict[str, Reinforce] = {}
     keys = jax.random.split(key, samples)
 
@@ -461,19 +521,22 @@ def _estimate(fn, args, kwargs, key, ema, samples):
         s, values, terms = jax.tree_util.tree_map(lambda a: a[None], replicate(keys[0]))
     else:
         s, values, terms = jax.vmap(replicate)(keys)
-    loo = (jnp.sum(values) - values) / (samples - 1) if samples > 1 else None
     total = s
-    for address, dlq in terms.items():
-        signal = sg(values - _baseline(statics[address], address, ema, loo, args))
-        signal = signal.reshape(signal.shape + (1,) * (dlq.ndim - 1))  # particles of a repeat
+    mean_costs = {}
+    for address, (dlq, q) in terms.items():
+        strategy = statics[address]
+        loo = (jnp.sum(q, axis=0) - q) / (samples - 1) if samples > 1 else None
+        b = _baseline(strategy, address, ema, loo, args)
+        signal = sg(q - b)
+        signal = jnp.reshape(signal, signal.shape + (1,) * (dlq.ndim - signal.ndim))
         total = total + jnp.sum(dlq * signal, axis=tuple(range(1, dlq.ndim)))
-    # Learned baselines are fitted to the objective by least squares. The objective
-    # value is stopped in this term, so its gradient reaches only the baseline's
-    # parameters (the reported value is `values`, not the surrogate).
-    fitted = {id(st.baseline): st.baseline for st in statics.values() if callable(st.baseline)}
-    for b in fitted.values():
-        total = total - 0.5 * (sg(values) - b(*args)) ** 2
-    return jnp.mean(total), jnp.mean(values), statics
+        mean_costs[address] = jnp.mean(q, axis=0)
+        if callable(strategy.baseline):
+            # A learned baseline is fitted to the site's cost by least squares. The cost is
+            # stopped in this term, so its gradient reaches only the baseline's parameters.
+            fit = jnp.broadcast_to(sg(q) - strategy.baseline(*args), jnp.shape(q))
+            total = total - 0.5 * jnp.sum(fit**2, axis=tuple(range(1, jnp.ndim(q))))
+    return jnp.mean(total), jnp.mean(values), statics, mean_costs
 
 
 class Expectation:
@@ -549,16 +612,17 @@ class Expectation:
         table: dict[str, Reinforce] = {}  # the sites' strategies, static: filled while tracing
 
         def surrogate(p):
-            s, value, statics = _estimate(self.fn, (p, *args), kwargs, key, ema, samples)
+            s, value, statics, mean_costs = _estimate(self.fn, (p, *args), kwargs, key, ema, samples)
             table.update(statics)
-            return s, value
+            return s, (value, mean_costs)
 
-        (_, value), grads = jax.value_and_grad(surrogate, has_aux=True)(params)
+        (_, (value, mean_costs)), grads = jax.value_and_grad(surrogate, has_aux=True)(params)
         new = dict(ema)
         for address, strategy in table.items():
-            if isinstance(strategy.baseline, str) and strategy.baseline == "ema":
-                old = ema.get(address, value)
-                new[address] = strategy.decay * old + (1 - strategy.decay) * sg(value)
+            if isinstance(strategy.baseline, str) and strategy.baseline == "ema" and address in mean_costs:
+                cost = sg(mean_costs[address])
+                old = ema.get(address, cost)
+                new[address] = strategy.decay * old + (1 - strategy.decay) * cost
         return value, grads, new
 
 

@@ -68,16 +68,28 @@ class Reinforce(Strategy):
             (leave-one-out: the mean of the other replicates when the estimate
             averages ``samples > 1`` independent replicates). Every one of these
             is independent of the current sample, so the estimator stays unbiased.
+            With dependency tracking, the baseline is per element of the site and
+            is subtracted from the element's own cost: an EMA or LOO baseline is
+            kept per element, a callable may return an array that broadcasts
+            against the site's elements (e.g. one baseline per data point) and
+            is fitted to the elements' costs.
         decay: the EMA decay.
+        track_dependencies: pair the site's score only with the parts of the
+            objective that depend on it (found from the program's jaxpr; see
+            ``gendsl.inference._provenance``): per data point in a plate, per
+            step and later steps in a loop. ``False`` pairs every element's
+            score with the whole objective, which is also unbiased but has more
+            variance (for comparison and debugging).
 
     Example:
         >>> from gendsl.inference import Reinforce
         >>> Reinforce(baseline="loo")
-        Reinforce(baseline='loo', decay=0.9)
+        Reinforce(baseline='loo', decay=0.9, track_dependencies=True)
     """
 
     baseline: Any = "ema"
     decay: float = 0.9
+    track_dependencies: bool = True
 
     def __post_init__(self):
         b = self.baseline
@@ -89,6 +101,8 @@ class Reinforce(Strategy):
             )
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"Reinforce: decay must be in [0, 1), got {self.decay}")
+        if not isinstance(self.track_dependencies, bool):
+            raise ValueError(f"Reinforce: track_dependencies must be True or False, got {self.track_dependencies!r}")
 
 
 @dataclasses.dataclass(frozen=True)
