@@ -603,6 +603,30 @@ class Expectation:
         """An unbiased estimate of the gradient in ``params``."""
         return self.value_and_grad(key, params, *args, samples=samples, **kwargs)[1]
 
+    def surrogate(self, key, params, *args, samples: int = 1, **kwargs) -> tuple[jax.Array, jax.Array]:
+        """``(surrogate, value)``: a scalar whose gradient in ``params`` is the unbiased gradient estimate.
+
+        ``value_and_grad`` differentiates this. Differentiate it yourself to combine
+        estimates first: for one estimate per data point, ``jax.grad`` of the mean of
+        ``jax.vmap(surrogate)`` over the data sums the gradients inside the backward pass,
+        whereas ``jax.vmap(value_and_grad)`` materializes one gradient per data point
+        (10x slower for AIR on XLA:CPU, ``benchmarks/air.py``). EMA baselines are read
+        as zero and not updated here (``value_and_grad_with_baselines`` threads them).
+
+        Example:
+            >>> import jax, gendsl, gendsl.distributions as dist
+            >>> from gendsl.inference import expectation, sim
+            >>> @gendsl.model
+            ... def q(mu):
+            ...     gendsl.sample("z", dist.Normal(mu, 1.0))
+            >>> square = expectation(lambda mu: sim(q)(mu)[0]["z"] ** 2)
+            >>> g = jax.grad(lambda mu: square.surrogate(jax.random.key(0), mu)[0])(2.0)
+            >>> bool(g == square.grad(jax.random.key(0), 2.0))
+            True
+        """
+        s, value, _, _ = _estimate(self.fn, (params, *args), kwargs, as_key(key), {}, _check_samples(samples))
+        return s, value
+
     def value_and_grad_with_baselines(self, key, params, *args, baselines=None, samples: int = 1, **kwargs):
         """``value_and_grad`` that also threads EMA baselines: returns ``(value, grads, baselines)``."""
         samples = _check_samples(samples)
