@@ -5,6 +5,13 @@
 from gendsl.models.flow_matching import FlowMatching, TimeMLP, coupling_path, energy_distance, mmd
 from gendsl.models.pfgmpp import PFGMPP, edm_sigmas
 
+# diffusion (part A)
+# isort: split
+from gendsl.models.ddpm import DDPM, linear_alpha_bar, vp_forward, vp_reverse
+from gendsl.models.diffusevae import DiffuseVAE
+from gendsl.models.edm import EDM
+from gendsl.models.vdm import VDM
+
 __all__ = [
     # flows and kernels (part B)
     "FlowMatching",
@@ -14,4 +21,12 @@ __all__ = [
     "edm_sigmas",
     "energy_distance",
     "mmd",
+    # diffusion (part A)
+    "DDPM",
+    "DiffuseVAE",
+    "EDM",
+    "VDM",
+    "linear_alpha_bar",
+    "vp_forward",
+    "vp_reverse",
 ]

@@ -26,10 +26,11 @@ def fourier_time(t, features: int = 16) -> jax.Array:
 
 
 class TimeMLP(eqx.Module):
-    """An MLP ``(z, t, label) -> output`` with Fourier time features and an optional class embedding.
+    """An MLP ``(z, t, cond) -> output`` with Fourier time features and an optional condition.
 
-    Labels are ints in ``0..num_classes``; ``num_classes`` itself is the "no
-    condition" token used by classifier-free guidance.
+    The condition is a class label (``num_classes``: ints in ``0..num_classes``,
+    ``num_classes`` itself being the "no condition" token of classifier-free
+    guidance) or a vector of ``cond_dim`` features (DiffuseVAE's reconstruction).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -43,9 +44,10 @@ class TimeMLP(eqx.Module):
     shape: tuple = eqx.field(static=True)
     out_shape: tuple = eqx.field(static=True)
     time_features: int = eqx.field(static=True)
+    cond_dim: int = eqx.field(static=True)
 
     def __init__(self, shape, *, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
-                 out_shape=None, time_features: int = 16, class_features: int = 16, key):
+                 cond_dim: int = 0, out_shape=None, time_features: int = 16, class_features: int = 16, key):
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.out_shape = self.shape if out_shape is None else tuple(out_shape)
         self.time_features = time_features
@@ -55,16 +57,20 @@ class TimeMLP(eqx.Module):
         self.embedding = (
             None if num_classes is None else eqx.nn.Embedding(num_classes + 1, class_features, key=keys[-1])
         )
-        width = size + time_features + (0 if num_classes is None else class_features)
+        self.cond_dim = cond_dim
+        width = size + time_features + cond_dim + (0 if num_classes is None else class_features)
         dims = [width] + [hidden] * depth + [out]
         self.layers = [eqx.nn.Linear(i, o, key=k) for i, o, k in zip(dims[:-1], dims[1:], keys, strict=False)]
 
     def __call__(self, z, t, label=None):
         h = [jnp.reshape(z, (-1,)), fourier_time(t, self.time_features)]
-        if self.embedding is not None:
+        if self.embedding is not None or self.cond_dim:
             if label is None:
-                raise ValueError("TimeMLP: this network is class-conditional; pass a label (num_classes = none)")
-            h.append(self.embedding(jnp.asarray(label, jnp.int32)))
+                raise ValueError("TimeMLP: this network is conditional; pass a label or a condition vector")
+            if self.embedding is not None:
+                h.append(self.embedding(jnp.asarray(label, jnp.int32)))
+            else:
+                h.append(jnp.reshape(label, (self.cond_dim,)))
         h = jnp.concatenate(h)
         for layer in self.layers[:-1]:
             h = jax.nn.silu(layer(h))

@@ -185,25 +185,25 @@ class DDPM:
         )
         self.objective = diffusion_elbo(self.model, self.guide, self.ts)
 
-    def _cond(self, label):
-        if self.num_classes is None:
-            return ()
-        if label is None:
-            raise ValueError("DDPM: this model is class-conditional; pass labels (num_classes means none)")
-        return (label,)
-
-    def init(self, key) -> dict:
-        """Initial parameters ``{"net": ...}``."""
+    def init(self, key, *cond) -> dict:
+        """Initial parameters ``{"net": ...}`` (``cond``: one example's condition, for a vector-conditioned net)."""
         x = jnp.zeros(self.shape)
-        return self.model.init(key, x, self.ts[:1], *self._cond(jnp.asarray(0)))
+        if self.num_classes is not None and not cond:
+            cond = (jnp.asarray(0),)
+        return self.model.init(key, x, self.ts[:1], *cond)
 
-    def loss(self, params, key, xs, labels=None, *, p_uncond: float = 0.0) -> jax.Array:
-        """The derived simple loss; with ``p_uncond > 0``, labels are dropped with that probability (CFG training)."""
-        if self.num_classes is None:
-            return self.objective.simple_loss(params, key, xs, parameterization=self.parameterization)
-        key, k_drop = jax.random.split(key)
-        labels = drop_condition(k_drop, labels, p_uncond, self.num_classes)
-        return self.objective.simple_loss(params, key, xs, labels, parameterization=self.parameterization)
+    def loss(self, params, key, xs, *cond, p_uncond: float = 0.0) -> jax.Array:
+        """The derived simple loss of a batch; ``cond`` are per-example conditions (labels or vectors).
+
+        For a class-conditional model, labels are replaced by the "no condition"
+        token with probability ``p_uncond`` (classifier-free guidance training).
+        """
+        if self.num_classes is not None:
+            if not cond:
+                raise ValueError("DDPM.loss: this model is class-conditional; pass labels")
+            key, k_drop = jax.random.split(key)
+            cond = (drop_condition(k_drop, cond[0], p_uncond, self.num_classes),)
+        return self.objective.simple_loss(params, key, xs, *cond, parameterization=self.parameterization)
 
     def eps(self, params, z, t, *cond):
         """The network's noise prediction at integer time ``t`` (converted from its parameterization)."""
@@ -215,16 +215,18 @@ class DDPM:
         return (z - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
 
     def sample(self, params, key, n: int, *, method: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-               labels=None, guidance: float = 0.0) -> jax.Array:
-        """``n`` samples by ancestral DDPM or DDIM (``steps`` evenly spaced times), optionally guided."""
+               labels=None, guidance: float = 0.0, cond: tuple = ()) -> jax.Array:
+        """``n`` samples by ancestral DDPM or DDIM (``steps`` evenly spaced times).
+
+        ``labels`` (one or ``n``) with ``guidance`` ``w`` for a class-conditional
+        model (classifier-free guidance); ``cond`` for a vector-conditioned one.
+        """
         eps_fn = self.eps
         if self.num_classes is not None:
             if labels is None:
                 raise ValueError("DDPM.sample: this model is class-conditional; pass labels")
             eps_fn = guided(self.eps, guidance, self.num_classes)
             cond = (jnp.broadcast_to(jnp.asarray(labels), (n,)),)
-        else:
-            cond = ()
         if method == "ddpm":
             return ddpm_sample(eps_fn, params, key, self.alpha_bar, (n, *self.shape), cond=cond)
         if method == "ddim":
