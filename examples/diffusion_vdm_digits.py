@@ -72,8 +72,8 @@ def evaluate(vdm, key, test, samples=20):
     return float(per_draw.mean()), float(per_draw.std(ddof=1) / math.sqrt(samples))
 
 
-def train(steps=20000, batch_size=128, lr=2e-3, hidden=512, depth=3, learned=False, seed=0, gamma_min=-7.0,
-          weight_decay=1e-4, every=1000, log=print):
+def train(steps=20000, batch_size=128, lr=2e-3, hidden=256, depth=3, learned=False, seed=0, gamma_min=-7.0,
+          weight_decay=1e-2, every=1000, log=print):
     """Train; keep the parameters with the best validation bits/dim (checked every ``every`` steps)."""
     train_x, val_x, test_x = data()
     key = jax.random.key(seed)
@@ -107,11 +107,11 @@ def main():
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--learned-schedule", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--gamma-min", type=float, default=-7.0, help="initial gamma(0) (learned with the ELBO)")
     args = parser.parse_args()
     _, before, after, seconds, done = train(args.steps, args.batch_size, args.lr, args.hidden, args.depth,

@@ -168,6 +168,21 @@ def _split(sites: dict, who: str) -> tuple[list[str], list[str]]:
     return latents, observed
 
 
+@jax.jit
+def _collapse(a, b, s):
+    """``(A, B, S)`` of the collapsed marginals, composing ``z_k = a_k z_{k-1} + b_k + s_k eps_k`` from ``z_0 = x``."""
+
+    def step(carry, abs_k):
+        A, B, S2 = carry
+        a_k, b_k, s_k = abs_k
+        carry = (a_k * A, a_k * B + b_k, a_k**2 * S2 + s_k**2)
+        return carry, carry
+
+    one, zero = jnp.ones_like(a[0]), jnp.zeros_like(a[0])
+    _, (A, B, S2) = jax.lax.scan(step, (one, zero, zero), (a, b, s))
+    return A, B, jnp.sqrt(S2)
+
+
 def _uniform(c) -> bool:
     flat = np.asarray(c).reshape(c.shape[0], -1)
     return bool(np.all(flat == flat[:, :1]))
@@ -205,86 +220,99 @@ class DiffusionELBO:
                 scale depends on it. The message names the site.
         """
         shape, dtype = jnp.shape(x_like), jnp.result_type(x_like)
-        guide_params = {k: v for k, v in (params or {}).items() if k in self._guide_param_names(shape, dtype)}
-        if not guide_params:
-            cache_key = (shape, str(dtype))
-            if cache_key not in self._cache:
-                with jax.ensure_compile_time_eval():
-                    self._cache[cache_key] = self._extract(guide_params, shape, dtype)
-            return self._cache[cache_key]
-        return self._extract(guide_params, shape, dtype)
+        cache_key = (shape, str(dtype))
+        if cache_key not in self._cache:
+            # First try without parameters, at compile time: a fixed schedule (the usual case) is then computed
+            # once, and enters every compiled loss as constants. A guide that declares parameters (a learned
+            # schedule) is marked and re-traced with the given parameters on every call.
+            with jax.ensure_compile_time_eval():
+                fixed, uses_params = self._extract({}, shape, dtype)
+            self._cache[cache_key] = None if uses_params else fixed
+        fixed = self._cache[cache_key]
+        return fixed if fixed is not None else self._extract(params, shape, dtype)[0]
 
-    def _guide_param_names(self, shape, dtype) -> frozenset:
-        key = ("param_names", shape, str(dtype))
-        if key not in self._cache:
-            x = jax.ShapeDtypeStruct(shape, dtype)
-            shapes = jax.eval_shape(lambda x: self.guide.init(jax.random.key(0), x, self.ts), x)
-            self._cache[key] = frozenset(shapes)
-        return self._cache[key]
-
-    def _extract(self, params, shape, dtype) -> GaussianChain:
-        key = jax.random.key(0)
-        zeros = jnp.zeros(shape, dtype)
-        sites = _run(self.guide, params, key, zeros, self.ts, ())
-        names, observed = _split(sites, "guide")
-        if observed:
-            raise DiffusionStructureError(
-                f"guide site '{observed[0]}' is observed; the guide is the forward noising chain q(z_1..z_n | x) "
-                "and observes nothing"
-            )
-        if len(names) != self.n:
-            raise DiffusionStructureError(
-                f"the guide has {len(names)} latent sites {names} on a grid of {self.n} times; expected one per time"
-            )
-        for name in names:
-            _normal(sites[name], "guide")
+    def _extract(self, params, shape, dtype) -> tuple[GaussianChain, bool]:
+        """The chain and whether the guide declares parameters."""
+        check = _concrete(params)
+        found: list[str] = []
+        declared: list[str] = []
 
         def locs_scales(x, values):
-            traced = _run(self.guide, params, key, x, self.ts, (), dict(zip(names, values, strict=True)))
-            pairs = [_normal(traced[n], "guide") for n in names]
-            return [p[0] for p in pairs], [p[1] for p in pairs]
+            # Substitute the chain's states in execution order; check the structure on the way (at trace time).
+            pending = iter(values)
 
-        vals0 = [jnp.zeros(shape, dtype) for _ in names]
-        ones = [jnp.ones(shape, dtype) for _ in names]
-        (b, s), (a, ds) = jax.jvp(locs_scales, (zeros, vals0), (jnp.ones(shape, dtype), ones))
-        if _concrete(a, b, s, ds):
-            self._check_affine(locs_scales, names, a, b, s, ds, shape, dtype)
-        a, b, s = jnp.stack(a), jnp.stack(b), jnp.stack(s)
+            def by_order(msg):
+                if msg["type"] == "sample" and not msg["is_observed"]:
+                    return next(pending, None)
+                return None
+
+            fn = self.guide.bind(params).fn if params else self.guide.fn
+            fn = handlers.substitute(fn, substitute_fn=by_order)
+            tr = handlers.trace(handlers.seed(fn, key=jax.random.key(0))).get_trace(x, self.ts)
+            sites = {name: site for name, site in tr.items() if site["type"] == "sample"}
+            declared[:] = [name for name, site in tr.items() if site["type"] == "param"]
+            names, observed = _split(sites, "guide")
+            if observed:
+                raise DiffusionStructureError(
+                    f"guide site '{observed[0]}' is observed; the guide is the forward noising chain "
+                    "q(z_1..z_n | x) and observes nothing"
+                )
+            if len(names) != self.n:
+                raise DiffusionStructureError(
+                    f"the guide has {len(names)} latent sites {names} on a grid of {self.n} times; expected one "
+                    "per time"
+                )
+            found[:] = names
+            pairs = [_normal(sites[n], "guide") for n in names]
+            return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+
+        def at(prim, tan):
+            return jax.jvp(locs_scales, (prim[0], list(prim[1:])), (tan[0], list(tan[1:])))
+
+        # The points are arguments, not constants: under jax.ensure_compile_time_eval (a fixed schedule), ops on
+        # constants would be evaluated (and compiled) one by one while tracing.
+        zeros, ones = jnp.zeros((self.n + 1, *shape), dtype), jnp.ones((self.n + 1, *shape), dtype)
+        if check:
+            # At 0 with unit tangents: b = loc(0), a = d loc / d parent, s = scale, ds = d scale; and, in the same
+            # vectorized pass, at a random point with random tangents: an affine, elementwise, Markov step
+            # reproduces loc = a * parent + b and d loc = a * d parent there; anything else does not (w.p. 1).
+            k1, k2 = jax.random.split(jax.random.key(1))
+            prim = jnp.stack([zeros, jax.random.normal(k1, zeros.shape, dtype)])
+            tan = jnp.stack([ones, jax.random.normal(k2, zeros.shape, dtype)])
+            (loc, scale), (dloc, ds) = jax.jit(jax.vmap(at))(prim, tan)
+            out = {"a": dloc[0], "b": loc[0], "s": scale[0], "ds": ds[0], "loc": loc[1], "scale": scale[1],
+                   "dloc": dloc[1], "prev": prim[1, :-1], "tprev": tan[1, :-1]}
+        else:
+            (b, s), (a, ds) = jax.jit(at)(zeros, ones)
+            out = {"a": a, "b": b, "s": s, "ds": ds}
+        names = list(found)
+        if check:
+            self._check_affine(names, out)
+        a, b, s = out["a"], out["b"], out["s"]
         if _concrete(a, b, s) and all(_uniform(c) for c in (a, b, s)):
             # One schedule for every element: scalars per step, so a loss gathers scalars, not event-sized rows.
             a, b, s = (c.reshape(self.n, -1)[:, 0] for c in (a, b, s))
-        A, B, S2 = [a[0]], [b[0]], [s[0] ** 2]
-        for k in range(1, self.n):
-            A.append(a[k] * A[-1])
-            B.append(a[k] * B[-1] + b[k])
-            S2.append(a[k] ** 2 * S2[-1] + s[k] ** 2)
-        return GaussianChain(tuple(names), a, b, s, jnp.stack(A), jnp.stack(B), jnp.sqrt(jnp.stack(S2)))
+        A, B, S = _collapse(a, b, s)
+        return GaussianChain(tuple(names), a, b, s, A, B, S), bool(declared)
 
-    def _check_affine(self, locs_scales, names, a, b, s, ds, shape, dtype) -> None:
-        for name, d in zip(names, ds, strict=True):
-            if not np.allclose(d, 0.0, atol=1e-6):
+    def _check_affine(self, names, out) -> None:
+        a, b, s = (np.asarray(out[k]) for k in ("a", "b", "s"))
+        ds, loc, scale, dloc = (np.asarray(out[k]) for k in ("ds", "loc", "scale", "dloc"))
+        prev, tprev = np.asarray(out["prev"]), np.asarray(out["tprev"])
+        tol = dict(rtol=1e-4, atol=1e-5)
+        for k, name in enumerate(names):
+            parent = "the data x" if k == 0 else f"'{names[k - 1]}'"
+            if not np.allclose(ds[k], 0.0, atol=1e-6) or not np.allclose(scale[k], s[k], **tol):
                 raise DiffusionStructureError(
                     f"guide site '{name}': its scale depends on the previous state; a Gaussian-linear step needs a "
                     "scale that is a function of time only"
                 )
-        keys = jax.random.split(jax.random.key(1), 2 * self.n + 2)
-        x = jax.random.normal(keys[0], shape, dtype)
-        vals = [jax.random.normal(keys[2 + i], shape, dtype) for i in range(self.n)]
-        tx = jax.random.normal(keys[1], shape, dtype)
-        tvals = [jax.random.normal(keys[2 + self.n + i], shape, dtype) for i in range(self.n)]
-        (loc, scale), (dloc, _) = jax.jvp(locs_scales, (x, vals), (tx, tvals))
-        prev, tprev = [x, *vals[:-1]], [tx, *tvals[:-1]]
-        for k, name in enumerate(names):
-            parent = "the data x" if k == 0 else f"'{names[k - 1]}'"
-            tol = dict(rtol=1e-4, atol=1e-5)
             if not (np.allclose(dloc[k], a[k] * tprev[k], **tol) and np.allclose(loc[k], a[k] * prev[k] + b[k], **tol)):
                 raise DiffusionStructureError(
                     f"guide site '{name}': its mean is not of the form a * {parent} + b (affine, elementwise, and "
                     "depending on the previous state only); a diffusion ELBO is derived only for Gaussian-linear "
                     "forward chains"
                 )
-            if not np.allclose(scale[k], s[k], **tol):
-                raise DiffusionStructureError(f"guide site '{name}': its scale depends on the previous state")
 
     # ------------------------------------------------------------------ the model
     def _model_sites(self, params, key, x, ts, args, start_value):

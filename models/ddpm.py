@@ -75,8 +75,8 @@ def vp_forward(alpha_bar: Callable) -> gendsl.Model:
         z, prev = x, 1.0
         for k in range(len(ts)):
             ab = alpha_bar(ts[k])
-            ratio = ab / prev
-            z = gendsl.sample(f"z{k + 1}", _normal(jnp.sqrt(ratio) * z, jnp.sqrt(1.0 - ratio), shape))
+            ratio = ab / prev  # ** 0.5 rather than jnp.sqrt: a concrete schedule stays numpy (cheap to trace)
+            z = gendsl.sample(f"z{k + 1}", _normal(ratio**0.5 * z, (1.0 - ratio) ** 0.5, shape))
             prev = ab
         return z
 
@@ -139,6 +139,19 @@ def vp_reverse(
     return model
 
 
+def _lookup(alpha_bar: np.ndarray) -> Callable:
+    """``t -> alpha_bar[t]``: numpy for a concrete ``t`` (the guide's full grid), a JAX gather for a traced one."""
+    as_np = np.asarray(alpha_bar, np.float32)
+    as_jnp = jnp.asarray(as_np)
+
+    def lookup(t):
+        if isinstance(t, (int, np.integer, np.ndarray)):
+            return as_np[t]
+        return as_jnp[t]
+
+    return lookup
+
+
 class DDPM:
     """DDPM / DDIM with optional classifier-free guidance, on data of a fixed event shape.
 
@@ -172,15 +185,15 @@ class DDPM:
         self.parameterization = parameterization
         self.num_classes = num_classes
         self.alpha_bar = linear_alpha_bar(T) if alpha_bar is None else np.asarray(alpha_bar)
-        table = jnp.asarray(self.alpha_bar, jnp.float32)
+        table = _lookup(self.alpha_bar)
         self.ts = np.arange(1, T + 1)
         if net is None:
             def net(k):
                 return TimeMLP(self.shape, hidden=hidden, depth=depth, num_classes=num_classes, key=k)
         self._static = static_part(net)
-        self.guide = vp_forward(lambda t: table[t])
+        self.guide = vp_forward(table)
         self.model = vp_reverse(
-            lambda t: table[t], net, self.shape, parameterization=parameterization, variance=variance,
+            table, net, self.shape, parameterization=parameterization, variance=variance,
             decoder_scale=float(np.sqrt(1.0 - self.alpha_bar[1])), time_scale=1.0 / T,
         )
         self.objective = diffusion_elbo(self.model, self.guide, self.ts)
