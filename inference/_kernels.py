@@ -68,7 +68,7 @@ class PFGMPPKernel(ndist.Distribution):
         >>> k = PFGMPPKernel(jnp.zeros(2), r=1.0, D=2)
         >>> round(float(k.log_prob(jnp.zeros(2))), 4)   # log(Gamma(2) / (pi Gamma(1)))
         -1.1447
-        >>> k.sample(jax.random.key(0), (5,)).shape
+        >>> jax.jit(k.sample, static_argnums=1)(jax.random.key(0), (5,)).shape
         (5, 2)
     """
 
@@ -118,7 +118,7 @@ def pfgmpp_perturb(sigma, y, D):
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from gendsl.inference import pfgmpp_perturb
-        >>> tr = pfgmpp_perturb.simulate(jax.random.key(0), 1.0, jnp.zeros(3), 8.0)
+        >>> tr = jax.jit(pfgmpp_perturb.simulate)(jax.random.key(0), 1.0, jnp.zeros(3), 8.0)
         >>> sorted(tr.choices), tr.deterministics["x_t"].shape
         (['B', 'direction'], (3,))
     """
@@ -184,7 +184,7 @@ def pfgmpp_loss(
         ... def d(x, sigma):
         ...     return gendsl.param("w", 1.0) * x
         >>> obj = pfgmpp_loss(d, D=128)
-        >>> float(obj.estimate(jax.random.key(0), {"w": 0.5}, jnp.zeros((64, 2)))) < 0
+        >>> float(jax.jit(obj.estimate)(jax.random.key(0), {"w": 0.5}, jnp.zeros((64, 2)))) < 0
         True
     """
     weight = lambda s: (s**2 + sigma_data**2) / (s * sigma_data) ** 2  # noqa: E731
