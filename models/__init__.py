@@ -12,7 +12,15 @@ from gendsl.models.diffusevae import DiffuseVAE
 from gendsl.models.edm import EDM
 from gendsl.models.vdm import VDM
 
+# Attend-Infer-Repeat (benchmarks issue, Table 2)
+# isort: split
+from gendsl.models.air import AIR, AIRConfig, make_air
+
 __all__ = [
+    # Attend-Infer-Repeat
+    "AIR",
+    "AIRConfig",
+    "make_air",
     # flows and kernels (part B)
     "FlowMatching",
     "PFGMPP",
