@@ -6,6 +6,8 @@
   gendsl vs hand-written JAX vs NumPyro; fewer timed calls for the bigger batches);
 * ``first_step.py`` (time to first step in fresh processes);
 * ``scaling.py`` (gendsl ELBO step vs batch 64..4096 and vs latent dimension 10..100);
+* ``air.py`` and ``grad_variance.py`` with ``--air`` (Table 2 and gradient variance, ~35 min; without it
+  the recorded ``air_result.md`` and ``grad_variance_result.md`` are included);
 * ``genjax_peer/report.py`` (unless ``--no-peers``): the noisy cone in gendsl, NumPyro and Pyro, and
   genjax.vi in Tables 1, 2, 4 through the genjax environment's Python (skipped with a message without it);
 
@@ -90,6 +92,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="very few calls (to check the script, not for numbers)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--no-peers", action="store_true", help="skip the peer benchmarks (genjax.vi, noisy-cone peers)")
+    p.add_argument("--air", action="store_true", help="rerun air.py and grad_variance.py (~35 min; else recorded)")
     args = p.parse_args(argv)
     started = datetime.datetime.now()
     t_all = time.perf_counter()
@@ -267,6 +270,17 @@ def main(argv=None):
     md[at:at] = peer_summary
     at = md.index("## Not yet measured") if "## Not yet measured" in md else len(md)
     md[at:at] = peer_md
+    # --- items 3 (AIR, Table 2) and 5 (gradient variance): benchmarks/air_report.py -------------
+    import air_report
+
+    air_rows, air_md = air_report.sections(args.quick, run=args.air)
+    if air_rows:
+        stale = ("| 3. Table 2: AIR", "| 5. Gradient variance", "- 3. Table 2:", "- 5. Gradient variance")
+        at = next((i for i, line in enumerate(md) if line.startswith(stale[:2])), md.index("## Summary") + 4)
+        md = [line for line in md if not line.startswith(stale)]
+        md[at:at] = air_rows
+        at = md.index("## Not yet measured") if "## Not yet measured" in md else len(md)
+        md[at:at] = air_md
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} in {elapsed / 60:.1f} min", file=sys.stderr)
 
