@@ -151,11 +151,9 @@ def _normal(site: dict, who: str) -> tuple[jax.Array, jax.Array]:
     return jnp.broadcast_to(d.loc, shape), jnp.broadcast_to(d.scale, shape)
 
 
-def _run(program, params, key, x, ts, args, values=None) -> dict:
-    """Trace ``program(x, ts, *args)`` with ``values`` substituted; the sample sites in execution order."""
+def _run(program, params, key, x, ts, args) -> dict:
+    """Trace ``program(x, ts, *args)``; the sample sites in execution order."""
     fn = program.bind(params).fn if params else program.fn
-    if values:
-        fn = handlers.substitute(fn, data=values)
     tr = handlers.trace(handlers.seed(fn, key=key)).get_trace(x, ts, *args)
     return {name: site for name, site in tr.items() if site["type"] == "sample"}
 
@@ -317,10 +315,19 @@ class DiffusionELBO:
     # ------------------------------------------------------------------ the model
     def _model_sites(self, params, key, x, ts, args, start_value):
         """Run the model on a sub-grid with its first (prior) site set to ``start_value``."""
-        sites = _run(self.model, params, key, x, ts, args)
+        claimed: list[str] = []
+
+        def first_latent(msg):
+            if start_value is not None and msg["type"] == "sample" and not msg["is_observed"] and not claimed:
+                claimed.append(msg["name"])
+                return start_value
+            return None
+
+        fn = self.model.bind(params).fn if params else self.model.fn
+        fn = handlers.substitute(fn, substitute_fn=first_latent)
+        tr = handlers.trace(handlers.seed(fn, key=key)).get_trace(x, ts, *args)
+        sites = {name: site for name, site in tr.items() if site["type"] == "sample"}
         latents, observed = _split(sites, "model")
-        values = {latents[0]: start_value} if start_value is not None else {}
-        sites = _run(self.model, params, key, x, ts, args, values)
         if len(latents) != len(ts):
             raise DiffusionStructureError(
                 f"the model has {len(latents)} latent sites {latents} on a grid of {len(ts)} times; expected one "

@@ -52,6 +52,7 @@ class VDM(eqx.Module):
         learned_schedule: a ``LearnedSchedule`` instead of the linear one.
         gamma_min, gamma_max: the schedule's initial endpoints.
         hidden, depth: the ``TimeMLP`` noise-prediction network.
+        fourier: exponents ``k`` of extra input features ``sin, cos(2^k pi z)``.
         key: PRNG key.
 
     Example:
@@ -67,22 +68,27 @@ class VDM(eqx.Module):
     dim: int = eqx.field(static=True)
     levels: int = eqx.field(static=True)
     gamma_range: tuple = eqx.field(static=True)
+    fourier: tuple = eqx.field(static=True)
 
     def __init__(self, dim: int, *, levels: int = 17, learned_schedule: bool = False, gamma_min: float = -13.3,
-                 gamma_max: float = 5.0, hidden: int = 256, depth: int = 3, key):
+                 gamma_max: float = 5.0, hidden: int = 256, depth: int = 3, fourier: tuple = (), key):
         k_net, k_sched = jax.random.split(key)
         self.dim, self.levels = dim, levels
         self.gamma_range = (gamma_min, gamma_max)
-        self.net = TimeMLP(dim, hidden=hidden, depth=depth, key=k_net)
+        self.fourier = tuple(fourier)
+        self.net = TimeMLP((dim * (1 + 2 * len(self.fourier)),), out_shape=(dim,), hidden=hidden, depth=depth,
+                           key=k_net)
         if learned_schedule:
             self.schedule = LearnedSchedule(gamma_min, gamma_max, key=k_sched)
         else:
             self.schedule = LinearSchedule(gamma_min, gamma_max)
 
     def eps(self, z, gamma):
-        """The noise prediction; the network sees gamma rescaled to [0, 1] by the initial endpoints (as VDM)."""
+        """The noise prediction; the network sees gamma rescaled to [0, 1] by the initial endpoints (as VDM),
+        and ``sin, cos(2^k pi z)`` for ``k`` in ``fourier`` (VDM's Fourier features: fine scales of z)."""
         lo, hi = self.gamma_range
-        return self.net(z, (gamma - lo) / (hi - lo))
+        feats = [z] + [f(2.0**k * jnp.pi * z) for k in self.fourier for f in (jnp.sin, jnp.cos)]
+        return self.net(jnp.concatenate(feats), (gamma - lo) / (hi - lo))
 
     def terms(self, key, x_int, *, T: int = 0, t=None) -> dict:
         """``vdm_terms`` of one data point of integer levels (nats)."""
@@ -130,29 +136,24 @@ class VDM(eqx.Module):
         def alpha_bar(t):
             return jax.nn.sigmoid(-schedule(t))
 
-        lo, hi = self.gamma_range
-        net = self.net
         model = vp_reverse(
             alpha_bar,
-            lambda k: _GammaNet(net, schedule, lo, hi),
+            lambda k: _GammaNet(self),
             (self.dim,),
             variance="posterior",
             decoder_scale=lambda t0: jnp.sqrt(jax.nn.sigmoid(schedule(t0)) / jax.nn.sigmoid(-schedule(t0))),
         )
-        params = {"net": eqx.filter(_GammaNet(net, schedule, lo, hi), eqx.is_inexact_array)}
+        params = {"net": eqx.filter(_GammaNet(self), eqx.is_inexact_array)}
         return diffusion_elbo(model, vp_forward(alpha_bar), np.linspace(0.0, 1.0, T + 1)), params
 
 
 class _GammaNet(eqx.Module):
     """The VDM network called with a time: it sees the rescaled gamma(t), as in continuous time."""
 
-    net: TimeMLP
-    schedule: eqx.Module
-    lo: float = eqx.field(static=True)
-    hi: float = eqx.field(static=True)
+    vdm: VDM
 
     def __call__(self, z, t):
-        return self.net(z, (self.schedule(t) - self.lo) / (self.hi - self.lo))
+        return self.vdm.eps(z, self.vdm.schedule(t))
 
 
 def _vdm_eps(params, z, t):
