@@ -78,3 +78,21 @@ def test_pfgmpp_learns_a_gaussian(D):
     x = model.sample(params, jax.random.key(1), 4000, steps=32) / 0.5
     np.testing.assert_allclose(x.mean(0), MU, atol=0.06)
     np.testing.assert_allclose(x.std(0), S, rtol=0.08)
+
+
+def test_sampling_and_likelihood_compile_once():
+    traces = []
+
+    class Counted(FlowMatching):
+        def velocity(self, x, t, params):
+            traces.append(1)  # runs only while tracing
+            return super().velocity(x, t, params)
+
+    fm = Counted(2, hidden=8, depth=1)
+    p0 = fm.objective.init_params(jax.random.key(0), jnp.zeros((4, 2)))[0]
+    p1 = jax.tree_util.tree_map(lambda a: a + 0.1, p0)
+    fm.sample(p0, jax.random.key(1), 16, steps=5)
+    n = len(traces)
+    fm.sample(p1, jax.random.key(2), 16, steps=5)
+    fm.transport(p0, jnp.ones((16, 2)), steps=5)
+    assert len(traces) == n
