@@ -281,6 +281,13 @@ def main(argv=None):
         md[at:at] = air_rows
         at = md.index("## Not yet measured") if "## Not yet measured" in md else len(md)
         md[at:at] = air_md
+    # --- flows and kernels (part B): the recorded benchmarks/flows_2d_result.md (trains six models: not rerun) --
+    flows = HERE / "flows_2d_result.md"
+    if flows.exists():
+        body = [("#" + line if line.startswith("## ") else line) for line in flows.read_text().splitlines()[1:]]
+        section = ["## 2-D flows: flow matching and PFGM++ vs GMM-8 (recorded `flows_2d_result.md`)", *body, ""]
+        at = md.index("## Not yet measured") if "## Not yet measured" in md else len(md)
+        md[at:at] = section
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} in {elapsed / 60:.1f} min", file=sys.stderr)
 
