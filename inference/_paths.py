@@ -22,7 +22,9 @@ Conventions (decided here, used by every loss and sampler of this package):
   model ``net(x, t)`` holding its parameters with ``gendsl.module``, applied to one
   data point (it is ``vmap``-ed over the batch);
 * the time (or noise level) of each data point is drawn from ``time``, a NumPyro
-  distribution (``Uniform(0, 1)`` by default; EDM's log-normal for noise levels).
+  distribution (``Uniform(0, 1)`` by default; EDM's log-normal for noise levels);
+* the path or kernel program is fixed: only the network's parameters are trained
+  (a learned schedule would need the path's parameters in the objective too).
 """
 
 from __future__ import annotations
@@ -195,11 +197,6 @@ def _objective_key(name: str) -> jax.Array:
     return simulate_in_objective(_key_program, name, (), {}).retval
 
 
-def _draw_times(key, time, n: int):
-    t = time.sample(key, (n,))
-    return t
-
-
 def _batch_size(data) -> int:
     leaves = jax.tree_util.tree_leaves(data)
     if not leaves:
@@ -296,7 +293,7 @@ def flow_matching(
     def objective(params, data, *args):
         key = _objective_key(name)
         k_t, k_path = jax.random.split(key)
-        t = _draw_times(k_t, time, _batch_size(data))
+        t = time.sample(k_t, (_batch_size(data),))
         x_t, u = _per_point(lambda k, ti, d: target(k, ti, d, *args), k_path, t, data)
         pred = jax.vmap(net.bind(params))(x_t, t)
         return -jnp.mean(_weights(weight, t) * _sq(pred, u))
@@ -348,7 +345,7 @@ def denoising_score_matching(
     def objective(params, data, *args):
         key = _objective_key(name)
         k_t, k_kernel = jax.random.split(key)
-        t = _draw_times(k_t, time, _batch_size(data))
+        t = time.sample(k_t, (_batch_size(data),))
         x_t, s = _per_point(lambda k, ti, d: target(k, ti, d, *args), k_kernel, t, data)
         pred = jax.vmap(net.bind(params))(x_t, t)
         return -jnp.mean(_weights(weight, t) * _sq(pred, s))
@@ -408,7 +405,7 @@ def denoising_loss(
     def objective(params, data, *args):
         key = _objective_key(name)
         k_t, k_kernel = jax.random.split(key)
-        t = _draw_times(k_t, time, _batch_size(data))
+        t = time.sample(k_t, (_batch_size(data),))
         x_t = _per_point(lambda k, ti, d: draw(k, ti, d, *args), k_kernel, t, data)
         pred = jax.vmap(net.bind(params))(x_t, t)
         return -jnp.mean(_weights(weight, t) * _sq(pred, data))
