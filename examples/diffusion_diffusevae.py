@@ -40,7 +40,6 @@ def main():
     model = DiffuseVAE(64, latent=8, hidden=256, T=500)
     start = time.perf_counter()
     vae = model.fit_vae(jax.random.key(0), xs, steps=args.vae_steps, batch_size=128)
-    recon = model.reconstruct(vae, xs)
     params = model.ddpm.init(jax.random.key(1), jnp.zeros(64))
     opt = optax.adam(1e-3)
 
@@ -48,9 +47,10 @@ def main():
     def chunk(params, state, key):
         def body(carry, k):
             p, s = carry
-            k_b, k_l = jax.random.split(k)
+            k_b, k_l, k_z = jax.random.split(k, 3)
             idx = jax.random.choice(k_b, xs.shape[0], (128,))
-            value, grads = jax.value_and_grad(model.ddpm_loss)(p, k_l, xs[idx], recon[idx])
+            recon = model.reconstruct(vae, xs[idx], k_z)  # z ~ q(z | x): distributed like sampling-time z
+            value, grads = jax.value_and_grad(model.ddpm_loss)(p, k_l, xs[idx], recon)
             updates, s = opt.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), value
 

@@ -3,9 +3,11 @@
 Stage 1 is an ordinary gendsl program pair (a Gaussian VAE: ``z ~ N(0, I)``,
 ``x ~ N(decoder(z), sigma^2)``; guide ``q(z | x)`` from an encoder) trained with
 ``gendsl.inference.elbo``. Stage 2 is a ``DDPM`` whose network also sees the
-reconstruction ``x_hat = decoder(E[z | x])`` ("formulation 1" of the paper);
-sampling draws ``z`` from the prior, decodes it and refines the decoded mean
-with the conditional diffusion model.
+reconstruction ``x_hat = decoder(z)``, ``z ~ q(z | x)`` ("formulation 1" of the
+paper); sampling draws ``z`` from the prior, decodes it and refines the decoded
+mean with the conditional diffusion model. (Conditioning on ``decoder(E[z | x])``
+instead trains on conditions more concentrated than the sampling-time ones; on
+a 4-dimensional Gaussian test that left the samples' covariance 0.17 off.)
 """
 
 from __future__ import annotations
@@ -82,12 +84,20 @@ class DiffuseVAE:
         svi = SVI(elbo(self.vae_model, self.vae_guide), optax.adam(lr))
         return svi.run(key, steps, xs, batch_size=batch_size, progress=False).params
 
-    def reconstruct(self, vae_params, xs) -> jax.Array:
-        """``decoder(E[z | x])`` for a batch: the condition of stage 2."""
+    def reconstruct(self, vae_params, xs, key=None) -> jax.Array:
+        """``decoder(z)`` for a batch with ``z ~ q(z | x)`` (or ``z = E[z | x]`` without a key): stage 2's condition.
+
+        Sampled ``z`` make the training conditions distributed like the sampling-time
+        conditions ``decoder(z), z ~ N(0, I)`` (when the aggregate posterior matches the
+        prior); the posterior means are more concentrated than the prior.
+        """
         encoder = eqx.combine(vae_params["encoder"], self._encoder_static)
         decoder = eqx.combine(vae_params["decoder"], self._decoder_static)
-        loc = jax.vmap(encoder)(xs)[:, : self.latent]
-        return jax.vmap(decoder)(loc)
+        out = jax.vmap(encoder)(xs)
+        z = out[:, : self.latent]
+        if key is not None:
+            z = z + (jax.nn.softplus(out[:, self.latent :]) + 1e-3) * jax.random.normal(key, z.shape)
+        return jax.vmap(decoder)(z)
 
     def ddpm_loss(self, ddpm_params, key, xs, reconstructions) -> jax.Array:
         """Stage 2's loss: the derived DDPM simple loss, conditioned on the reconstructions."""

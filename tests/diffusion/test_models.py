@@ -140,12 +140,11 @@ def test_diffusevae_refines_the_vae():
     xs = m + jax.random.normal(jax.random.key(0), (4096, 4)) @ jnp.linalg.cholesky(c).T
     model = DiffuseVAE(4, latent=1, hidden=64, T=200)
     vae = model.fit_vae(jax.random.key(1), xs, steps=1500)
-    recon = model.reconstruct(vae, xs)
 
     def loss(p, k):
-        k_b, k_l = jax.random.split(k)
+        k_b, k_l, k_z = jax.random.split(k, 3)
         idx = jax.random.choice(k_b, xs.shape[0], (256,))
-        return model.ddpm_loss(p, k_l, xs[idx], recon[idx])
+        return model.ddpm_loss(p, k_l, xs[idx], model.reconstruct(vae, xs[idx], k_z))
 
     ddpm, _ = _train(loss, model.ddpm.init(jax.random.key(2), jnp.zeros(4)), 3000)
     samples = np.asarray(model.sample(vae, ddpm, jax.random.key(3), 4000, steps=50))
