@@ -62,10 +62,13 @@ def iid(name: str, n: int, seed: int):
     return big[np.random.default_rng(seed).choice(len(big), n, replace=False)]
 
 
-def run(steps: int, n_eval: int = 5000, n_lik: int = 1000, batch: int = 512, lr: float = 3e-3):
+def run(steps: int, n_eval: int = 5000, n_lik: int = 1000, batch: int = 512, lr: float = 3e-3, seed: int = 0,
+        only=None):
     train_sets = datasets(10000, 0)
     rows, liks = [], []
     for name in train_sets:
+        if only and name not in only:
+            continue
         train, test = train_sets[name], iid(name, n_eval, 1)
         mean, std = train.mean(0), train.std(0)
         z_train = jnp.asarray((train - mean) / std, jnp.float32)
@@ -75,10 +78,10 @@ def run(steps: int, n_eval: int = 5000, n_lik: int = 1000, batch: int = 512, lr:
 
         fm = FlowMatching(2, hidden=128, depth=3)
         t0 = time.perf_counter()
-        params = fm.fit(jax.random.key(0), z_train, steps, batch_size=batch, lr=lr)
+        params = fm.fit(jax.random.key(seed), z_train, steps, batch_size=batch, lr=lr)
         jax.block_until_ready(params)
         fit_s = time.perf_counter() - t0
-        x = np.asarray(fm.sample(params, jax.random.key(1), n_eval, steps=100)) * std + mean
+        x = np.asarray(fm.sample(params, jax.random.key(seed + 1), n_eval, steps=100)) * std + mean
         rows.append((name, "flow matching (rectified flow)", f"{steps} x {batch}", *metrics(x, test), fit_s))
         z_test = jnp.asarray((test[:n_lik] - mean) / std, jnp.float32)
         lp = np.asarray(jax.jit(fm.log_prob)(params, z_test)) - np.log(std).sum()
@@ -87,10 +90,10 @@ def run(steps: int, n_eval: int = 5000, n_lik: int = 1000, batch: int = 512, lr:
         for D in (128.0, None):
             model = PFGMPP(2, D=D, hidden=128, depth=3)
             t0 = time.perf_counter()
-            params = model.fit(jax.random.key(0), 0.5 * z_train, steps, batch_size=batch, lr=lr)
+            params = model.fit(jax.random.key(seed), 0.5 * z_train, steps, batch_size=batch, lr=lr)
             jax.block_until_ready(params)
             fit_s = time.perf_counter() - t0
-            x = np.asarray(model.sample(params, jax.random.key(1), n_eval, steps=64)) / 0.5 * std + mean
+            x = np.asarray(model.sample(params, jax.random.key(seed + 1), n_eval, steps=64)) / 0.5 * std + mean
             label = f"PFGM++ D={int(D)}" if D is not None else "PFGM++ D=inf (EDM)"
             rows.append((name, label, f"{steps} x {batch}", *metrics(x, test), fit_s))
     return rows, liks
@@ -172,6 +175,8 @@ def main():
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--step-time-only", action="store_true", help="only the training-step timing")
     parser.add_argument("--noise-only", action="store_true", help="stop after the step timing and the noise level")
+    parser.add_argument("--seed", type=int, default=0, help="training key seed (sampling uses seed + 1)")
+    parser.add_argument("--data", nargs="+", default=None, choices=["moons", "swiss roll"], help="subset of data sets")
     args = parser.parse_args()
     times = step_time()
     print("## flow-matching training step: derived objective vs the same loss by hand (batch 256, MLP 3x128)\n")
@@ -195,7 +200,7 @@ def main():
     print()
     if args.noise_only:
         return
-    rows, liks = run(args.steps)
+    rows, liks = run(args.steps, seed=args.seed, only=args.data)
     print(f"## 2-D sample quality ({args.steps} training steps per model, 5,000 samples vs 5,000 held out)\n")
     print(f"energy distance and MMD^2 (Gaussian kernel, bandwidth {BANDWIDTH}) are unbiased U-statistics; "
           "lower is better; the floor row is a second i.i.d. sample of the true distribution\n")
