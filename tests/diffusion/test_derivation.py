@@ -43,6 +43,11 @@ def _vdm_pair(T, gamma_min=-5.0, gamma_max=5.0):
     return model, guide, ts, gamma
 
 
+def _weights(d, params, x, parameterization):
+    """``d.weights`` compiled once (op-by-op execution of a vmapped program is slow)."""
+    return jax.jit(lambda p: d.weights(p, x, parameterization=parameterization))(params)
+
+
 @pytest.mark.parametrize("variance", ["beta", "posterior"])
 def test_ddpm_weights_match_ho_et_al(variance):
     """(a) eps-form weights: beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (Ho et al. 2020, eq. 12)."""
@@ -52,7 +57,7 @@ def test_ddpm_weights_match_ho_et_al(variance):
         d = diffusion_elbo(model, guide, ts)
         x = jnp.zeros(2)
         params = model.init(jax.random.key(0), x, ts[:1])
-        derived = np.asarray(d.weights(params, x, parameterization="eps"))[:, 0]
+        derived = np.asarray(_weights(d, params, x, "eps"))[:, 0]
         t = np.arange(2, T + 1)
         beta, alpha = betas[t - 1], 1.0 - betas[t - 1]
         sigma2 = beta if variance == "beta" else (1 - ab[t - 1]) / (1 - ab[t]) * beta
@@ -61,7 +66,7 @@ def test_ddpm_weights_match_ho_et_al(variance):
         # x0 form: the VDM weight 1/2 (SNR(t-1) - SNR(t)) when sigma_t^2 is the posterior variance.
         if variance == "posterior":
             snr = np.concatenate([[np.inf], ab[1:] / (1 - ab[1:])])
-            x0w = np.asarray(d.weights(params, x, parameterization="x0"))[:, 0]
+            x0w = np.asarray(_weights(d, params, x, "x0"))[:, 0]
             np.testing.assert_allclose(x0w, 0.5 * (snr[t - 1] - snr[t]), rtol=1e-6, atol=1e-6)
 
 
@@ -74,15 +79,15 @@ def test_vdm_weights_match_half_snr_difference():
         params = model.init(jax.random.key(0), x, ts[:1])
         snr = np.exp(-gamma(ts))
         np.testing.assert_allclose(
-            np.asarray(d.weights(params, x, parameterization="x0"))[:, 0], 0.5 * (snr[:-1] - snr[1:]), rtol=1e-6
+            np.asarray(_weights(d, params, x, "x0"))[:, 0], 0.5 * (snr[:-1] - snr[1:]), rtol=1e-6
         )
         # eps form: 1/2 (SNR(s)/SNR(t) - 1); v form: x0 weight * (S_t / (A_t^2 + S_t^2))^2 = * sigma_t^2 (VP).
         np.testing.assert_allclose(
-            np.asarray(d.weights(params, x, parameterization="eps"))[:, 0], 0.5 * (snr[:-1] / snr[1:] - 1), rtol=1e-6
+            np.asarray(_weights(d, params, x, "eps"))[:, 0], 0.5 * (snr[:-1] / snr[1:] - 1), rtol=1e-6
         )
         sigma2 = 1 / (1 + snr[1:])
         np.testing.assert_allclose(
-            np.asarray(d.weights(params, x, parameterization="v"))[:, 0],
+            np.asarray(_weights(d, params, x, "v"))[:, 0],
             0.5 * (snr[:-1] - snr[1:]) * sigma2,
             rtol=1e-6,
         )
@@ -146,7 +151,7 @@ def test_simple_loss_recovers_the_network_prediction():
     params = model.init(jax.random.key(0), x, ts[:1])
     z = jnp.array([0.2, 0.1])
     k = 4
-    pred = d.predictions(params, jax.random.key(1), x, k, z)
+    pred = jax.jit(lambda p: d.predictions(p, jax.random.key(1), x, k, z))(params)
     module = eqx.combine(params["net"], static_part(lambda kk: TimeMLP(2, hidden=16, depth=2, key=kk)))
     np.testing.assert_allclose(pred["eps"], module(z, ts[k] / T), rtol=1e-4, atol=1e-5)
 
@@ -183,7 +188,7 @@ def _model(x, ts):
 def test_unsupported_guides_are_errors_that_name_the_site(step, message):
     d = diffusion_elbo(_model, _guide_with(step), jnp.arange(1, 5))
     with pytest.raises(DiffusionStructureError, match=message):
-        d.elbo({}, jax.random.key(0), 1.0)
+        jax.jit(lambda k: d.elbo({}, k, 1.0))(jax.random.key(0))
 
 
 def test_a_non_markov_guide_is_an_error():
@@ -208,7 +213,7 @@ def test_non_normal_model_step_and_mismatched_sites_are_errors():
         gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
 
     with pytest.raises(DiffusionStructureError, match="model site 'z1' is StudentT"):
-        diffusion_elbo(student, good, jnp.arange(1, 4)).elbo({}, jax.random.key(0), 1.0)
+        jax.jit(diffusion_elbo(student, good, jnp.arange(1, 4)).elbo)({}, jax.random.key(0), 1.0)
 
     @gendsl.model
     def renamed(x, ts):
