@@ -151,12 +151,19 @@ def sim(model, *, name: str | None = None) -> Callable[..., tuple[dict, jax.Arra
     return run
 
 
-def simulate_in_objective(model, name, args, kwargs) -> gendsl.Trace:
-    """Run ``model`` inside the current objective, each latent site with its strategy."""
+def simulate_in_objective(model, name, args, kwargs, *, score_paths=True) -> gendsl.Trace:
+    """Run ``model`` inside the current objective, each latent site with its strategy.
+
+    With ``score_paths=False``, the log density of a REINFORCE site enters the trace without
+    its gradient in the distribution's parameters (the value is unchanged). That gradient,
+    ``∇θ log q(z; θ)`` at the drawn ``z``, has expectation zero; an objective in which ``log q``
+    enters linearly (the ELBO) may drop it, which removes its variance (as Pyro's and NumPyro's
+    ``TraceGraph_ELBO`` do). Sites inside nested ``gendsl.scan`` loops keep it.
+    """
     ctx = _current("sim(model)")
     address = ctx.child_address("sim", name)
     rec = Recorder()
-    with _SimSites(ctx, address), rec, seed(key=site_key(ctx.key, address)):
+    with _SimSites(ctx, address, score_paths=score_paths), rec, seed(key=site_key(ctx.key, address)):
         retval = model.fn(*args, **kwargs)
     return rec.trace(retval)
 
@@ -271,10 +278,11 @@ def baselines(name: str, values) -> None:
 class _SimSites(Messenger):
     """Applies each latent site's gradient strategy during ``sim``."""
 
-    def __init__(self, run: _Run, address: str) -> None:
+    def __init__(self, run: _Run, address: str, score_paths: bool = True) -> None:
         super().__init__()
         self.run = run
         self.address = address
+        self.score_paths = score_paths
         self.loop_strategies: dict[str, Any] = {}
 
     def _strategy(self, msg, address):
@@ -306,6 +314,15 @@ class _SimSites(Messenger):
                     msg["value"] = score_site(msg["value"], address=address, loops=loops, batch_ndim=batch_ndim)
 
                 probe.setdefault("post", []).append(tag)
+            if not self.score_paths and len(probe.get("loop_steps", ())) == 1:
+
+                def stop(msg):
+                    # The loop records log q without its θ-gradient; the score goes out as an extra.
+                    score = msg["fn"].log_prob(msg["value"])
+                    msg["fn"] = jax.tree_util.tree_map(sg, msg["fn"])
+                    return score
+
+                probe.setdefault("post", []).append(stop)
             return
         steps = probe.get("loop_steps", ())
         if len(steps) != 1:
@@ -359,6 +376,8 @@ class _SimSites(Messenger):
             msg["value"] = value
             run.reinforce[address] = score
             run.strategies[address] = strategy
+            if not self.score_paths:
+                msg["fn"] = jax.tree_util.tree_map(sg, fn)  # the recorded log q: same value, no θ-gradient
             return
         mine = [o for o in run.overrides if o.address == address and not o.path]
         if mine:
@@ -379,7 +398,9 @@ class _SimSites(Messenger):
     def _loop_site_replayed(self, msg, address, strategy) -> None:
         """A loop site after the loop: register its score or its stacked branches."""
         if isinstance(strategy, Reinforce):
-            self.run.reinforce[address] = msg["fn"].log_prob(msg["value"])  # (steps, ...) per element
+            extras = msg.get("gendsl_loop_extras")  # the score, when the loop's log q is stopped
+            score = msg["fn"].log_prob(msg["value"]) if extras is None else extras
+            self.run.reinforce[address] = score  # (steps, ...) per element
             self.run.strategies[address] = strategy
             return
         extras = msg.get("gendsl_loop_extras")

@@ -79,6 +79,10 @@ def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expect
             ``"stl"`` (sticking the landing, Roeder et al. 2017: the guide's
             density is evaluated with stopped parameters, which removes the
             zero-mean score term; needs REPARAM at every guide site).
+            With ``"score"``, the guide's REINFORCE sites enter ``log q`` without
+            their parameter gradient, whose expectation is zero (as in Pyro's
+            and NumPyro's ``TraceGraph_ELBO``); their score-function terms carry
+            the gradient.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -102,7 +106,11 @@ def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expect
         q = _all_reparam(q, "elbo(estimator='stl')")
 
     def objective(params, *args, **kwargs):
-        z, log_q = sim(q.bind(params))(*args, **kwargs)
+        if isinstance(q, Marginal):
+            z, log_q = sim(q.bind(params))(*args, **kwargs)
+        else:
+            tr = simulate_in_objective(q.bind(params), None, args, kwargs, score_paths=False)
+            z, log_q = tr.latents, tr.score
         if estimator == "stl":
             log_q = density(q.bind(sg(params)))(z, *args, **kwargs)
         if beta == 1.0:

@@ -150,25 +150,29 @@ _SIMPLE = {"reparam": REPARAM, "enum": ENUM, "mvd": MVD}
 
 
 def parse_strategy(text: str) -> Strategy:
-    """``reparam``, ``enum``, ``mvd``, ``reinforce`` or ``reinforce:<ema|loo|none|number>`` as a strategy."""
+    """``reparam``, ``enum``, ``mvd`` or ``reinforce[:<ema|loo|none|number>][:notrack]`` as a strategy.
+
+    ``notrack`` turns dependency tracking off (each score paired with the whole objective).
+    """
     t = text.strip().lower()
     if t in _SIMPLE:
         return _SIMPLE[t]
-    if t == "reinforce":
-        return Reinforce()
-    if t.startswith("reinforce:"):
-        baseline = t.split(":", 1)[1]
+    head, *rest = t.split(":")
+    track = "notrack" not in rest
+    rest = [r for r in rest if r != "notrack"]
+    if head == "reinforce" and len(rest) <= 1:
+        baseline = rest[0] if rest else "ema"
         if baseline in ("ema", "loo"):
-            return Reinforce(baseline=baseline)
+            return Reinforce(baseline=baseline, track_dependencies=track)
         if baseline == "none":
-            return Reinforce(baseline=None)
+            return Reinforce(baseline=None, track_dependencies=track)
         try:
-            return Reinforce(baseline=float(baseline))
+            return Reinforce(baseline=float(baseline), track_dependencies=track)
         except ValueError:
             pass
     raise CLIError(
-        f"unknown strategy {text!r}; use reparam, enum, mvd, reinforce, reinforce:loo, reinforce:none or "
-        "reinforce:<constant>"
+        f"unknown strategy {text!r}; use reparam, enum, mvd, reinforce, reinforce:loo, reinforce:none, "
+        "reinforce:<constant>, each reinforce form optionally ending in :notrack (no dependency tracking)"
     )
 
 

@@ -140,7 +140,8 @@ FIT_OPTIONS = (
     Option("strategy", strategy_list, [],
            "gradient strategy rule for guide sites, repeatable: NAME applies to every site that cannot be "
            "reparameterized, PATTERN=NAME to the sites matching the fnmatch pattern; NAME is reparam, enum, mvd, "
-           "reinforce (EMA baseline), reinforce:loo, reinforce:none or reinforce:<constant>", "RULE"),
+           "reinforce (EMA baseline), reinforce:loo, reinforce:none or reinforce:<constant>; append :notrack to "
+           "pair REINFORCE scores with the whole objective (no dependency tracking)", "RULE"),
     Option("steps", positive_int, 1000, "total optimization steps (with --resume: the total to reach) "
            "(default 1000)", "N"),
     Option("batch_size", optional(positive_int), None,

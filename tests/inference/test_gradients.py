@@ -48,6 +48,12 @@ def coin_model():
     gendsl.sample("x", dist.Normal(2.0 * z, 1.0), obs=3.0)
 
 
+@gendsl.model
+def far_coin_model():
+    z = gendsl.sample("z", dist.Bernoulli(0.3))
+    gendsl.sample("x", dist.Normal(2.0 * z, 1.0), obs=8.0)  # log p far from 0: a baseline matters
+
+
 def coin_guide(strategy):
     @gendsl.model
     def guide():
@@ -56,7 +62,7 @@ def coin_guide(strategy):
     return guide
 
 
-def exact_coin(theta, k):
+def exact_coin(theta, k, obs=3.0):
     """d/dθ of the ELBO (k=1) or IWELBO_k by exact enumeration over k Bernoulli draws."""
 
     def bound(t):
@@ -65,7 +71,7 @@ def exact_coin(theta, k):
         for zs in itertools.product([0.0, 1.0], repeat=k):
             zs = jnp.array(zs)
             log_q = jnp.where(zs == 1, jnp.log(q1), jnp.log1p(-q1))
-            log_p = jnp.where(zs == 1, jnp.log(0.3), jnp.log(0.7)) + dist.Normal(2 * zs, 1.0).log_prob(3.0)
+            log_p = jnp.where(zs == 1, jnp.log(0.3), jnp.log(0.7)) + dist.Normal(2 * zs, 1.0).log_prob(obs)
             total = total + jnp.exp(log_q.sum()) * (jax.nn.logsumexp(log_p - log_q) - jnp.log(k))
         return total
 
@@ -95,12 +101,12 @@ def test_numpyro_failure_case(strategy, particles):
 
 
 def test_baselines_reduce_variance():
-    plain = grads(elbo(coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0})["theta"]
-    loo = grads(elbo(coin_model, coin_guide(Reinforce("loo"))), {"theta": -1.0}, samples=2)["theta"]
-    # Per-sample variance: LOO uses two replicates per estimate, so compare variance x samples.
-    ratio = float(np.var(plain) / (2 * np.var(loo)))
-    print(f"variance reduction of LOO (per sample): {ratio:.1f}x")
-    assert ratio > 1.5
+    """Same budget (4 replicates per estimate), plain averaging vs leave-one-out baselines."""
+    plain = grads(elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, samples=4)
+    loo = grads(elbo(far_coin_model, coin_guide(Reinforce("loo"))), {"theta": -1.0}, samples=4)
+    ratio = float(np.var(plain["theta"]) / np.var(loo["theta"]))
+    print(f"variance reduction of LOO (4 replicates): {ratio:.1f}x")
+    assert ratio > 2.0  # measured 7.6x; the variance estimates' sampling error is about 3%
 
 
 # --- each strategy on each family ---------------------------------------------------------
@@ -339,10 +345,10 @@ def test_learned_baseline_is_unbiased_fits_and_reduces_variance():
 
     from gendsl.inference import SVI
 
-    objective = elbo(coin_model, guide_with_learned_baseline)
+    objective = elbo(far_coin_model, guide_with_learned_baseline)
     # Unbiased for theta at any baseline value; the baseline's own gradient is its regression.
     g = grads(objective, {"b": -2.0, "theta": -1.0})
-    assert_unbiased(g["theta"], exact_coin(-1.0, 1), name="learned baseline")
+    assert_unbiased(g["theta"], exact_coin(-1.0, 1, obs=8.0), name="learned baseline")
     # Fit the baseline alone (theta frozen), then compare variances at theta = -1.
     opt = optax.multi_transform({"b": optax.adam(0.1), "theta": optax.set_to_zero()}, {"b": "b", "theta": "theta"})
     fitted = SVI(objective, opt).run(jax.random.key(0), 1500, progress=False).params
@@ -350,15 +356,15 @@ def test_learned_baseline_is_unbiased_fits_and_reduces_variance():
     assert abs(float(fitted["b"]) - value) < 0.5  # it learned E[f] up to SGD noise
     assert float(fitted["theta"]) == -1.0
     learned = grads(objective, fitted, n=20000)["theta"]
-    plain = grads(elbo(coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, n=20000)["theta"]
+    plain = grads(elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, n=20000)["theta"]
     ratio = float(np.var(plain) / np.var(learned))
     print(f"variance reduction, learned baseline: {ratio:.1f}x")
     assert ratio > 5
 
 
 def test_loo_baseline_reduces_variance_fivefold_with_eight_replicates():
-    plain = grads(elbo(coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, n=10000, samples=8)
-    loo = grads(elbo(coin_model, coin_guide(Reinforce("loo"))), {"theta": -1.0}, n=10000, samples=8)
+    plain = grads(elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, n=10000, samples=8)
+    loo = grads(elbo(far_coin_model, coin_guide(Reinforce("loo"))), {"theta": -1.0}, n=10000, samples=8)
     ratio = float(np.var(plain["theta"]) / np.var(loo["theta"]))
     print(f"variance reduction, LOO over 8 replicates (same budget): {ratio:.1f}x")
     assert ratio > 5
