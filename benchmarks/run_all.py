@@ -87,16 +87,31 @@ def vae_rows(text: str) -> dict:
     return rows
 
 
+def load_peer_report():
+    """``benchmarks/genjax_peer/report.py`` as a module (its genjax parts skip themselves without genjax's venv)."""
+    spec = importlib.util.spec_from_file_location("peer_report", HERE / "genjax_peer" / "report.py")
+    peer_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer_report)
+    return peer_report
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="very few calls (to check the script, not for numbers)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--no-peers", action="store_true", help="skip the peer benchmarks (genjax.vi, noisy-cone peers)")
+    p.add_argument("--peers-only", action="store_true", help="run only the peer step and print its sections")
     p.add_argument("--air", action="store_true", help="rerun air.py and grad_variance.py (~35 min; else recorded)")
     args = p.parse_args(argv)
     started = datetime.datetime.now()
     t_all = time.perf_counter()
     scale = 10 if args.quick else 1
+
+    # --- peers only (genjax_peer block): the peer step alone, printed, RESULTS.md untouched ----------------
+    if args.peers_only:
+        peer_md, peer_summary, _ = load_peer_report().peer_sections(args.quick)
+        print("\n".join(["| item | measured | verdict |", "|---|---|---|", *peer_summary, "", *peer_md]))
+        return
 
     # --- Table 1 ---------------------------------------------------------------------------
     table1 = {}
@@ -116,10 +131,7 @@ def main(argv=None):
     # (benchmarks/genjax_peer/report.py; the genjax part runs in its own environment or is skipped)
     peer_md, peer_summary = [], []
     if not args.no_peers:
-        spec = importlib.util.spec_from_file_location("peer_report", HERE / "genjax_peer" / "report.py")
-        peer_report = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(peer_report)
-        peer_md, peer_summary, _ = peer_report.peer_sections(args.quick)
+        peer_md, peer_summary, _ = load_peer_report().peer_sections(args.quick)
     elapsed = time.perf_counter() - t_all
 
     # --- summary -----------------------------------------------------------------------------

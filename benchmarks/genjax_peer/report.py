@@ -2,16 +2,21 @@
 
 ``python benchmarks/genjax_peer/report.py`` (from the repository root, in gendsl's environment) runs
 
+* ``benchmarks/noisy_cone_peers.py`` (Table 4: gendsl, NumPyro, Pyro) with this Python;
+* ``benchmarks/genjax_peer/noisy_cone.py`` (Table 4 in genjax) with the genjax environment's Python;
 * ``benchmarks/genjax_peer/vae_step.py`` at batch 64..1024 with the genjax environment's Python
   (Table 1 peer: genjax / hand-written in genjax's JAX);
-* ``benchmarks/genjax_peer/noisy_cone.py`` (Table 4 in genjax) and ``air_feasibility.py`` (Table 2),
-  also with the genjax environment's Python;
-* ``benchmarks/noisy_cone_peers.py`` (Table 4: gendsl, NumPyro, Pyro) with this Python;
+* ``air_feasibility.py`` (genjax), then ``air_gendsl.py`` (this Python) and ``air_genjax.py`` (genjax):
+  Table 2, AIR with REINFORCE+baseline and ENUM in both systems (needs MNIST in ``AIR_DATA``, default
+  ``../shared/data/mnist``);
 
-and writes ``benchmarks/genjax_peer/RESULTS_genjax.md`` and ``benchmarks/noisy_cone_peers_result.md``.
+and writes ``benchmarks/genjax_peer/RESULTS_genjax.md`` and ``benchmarks/noisy_cone_peers_result.md``
+(``--out-dir`` elsewhere; ``--quick`` checks the scripts and prints instead of writing). A part that
+fails is reported in place; the others still run.
 The genjax environment is ``/work/venvs/genjax`` (``python3.11 -m venv /work/venvs/genjax &&
 /work/venvs/genjax/bin/pip install genjax``) or the interpreter named by ``GENJAX_PYTHON``; without it the
-genjax parts are skipped with a message. ``benchmarks/run_all.py`` calls :func:`peer_sections`.
+genjax parts are skipped with a message. ``benchmarks/run_all.py`` calls :func:`peer_sections`
+(``run_all.py --peers-only`` runs just this step).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 GENJAX_PYTHON = Path(os.environ.get("GENJAX_PYTHON", "/work/venvs/genjax/bin/python"))
+AIR_DATA = Path(os.environ.get("AIR_DATA", ROOT.parent / "shared" / "data" / "mnist"))
 BATCH_CALLS = {64: 100, 128: 80, 256: 60, 512: 40, 1024: 30}
 
 CORRECTIONS = """\
@@ -57,6 +64,10 @@ hand-written or brute-force computation at the same parameters; the scripts prin
 """
 
 
+class PeerFailure(RuntimeError):
+    """A peer script exited with an error (its output tail is in the message)."""
+
+
 def _run(python: str | Path, script: list[str]) -> tuple[str, float, str]:
     shown = f"{python} {' '.join(script)}"
     print(f"$ {shown}", file=sys.stderr, flush=True)
@@ -65,7 +76,8 @@ def _run(python: str | Path, script: list[str]) -> tuple[str, float, str]:
     dt = time.perf_counter() - t0
     if out.returncode != 0:
         sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
-        raise SystemExit(f"failed: {shown}")
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise PeerFailure(f"`{shown}` failed (exit {out.returncode}): {last}")
     print(f"  done in {dt:.0f} s", file=sys.stderr, flush=True)
     return out.stdout, dt, shown
 
@@ -112,17 +124,10 @@ def table1(quick: bool) -> tuple[list[str], dict]:
     return md, data
 
 
-def peer_sections(quick: bool = False) -> tuple[list[str], list[str], dict]:
-    """Run every peer benchmark; returns (markdown sections, summary-table rows, raw figures)."""
-    steps = ["--steps", "500", "--seeds", "2", "--eval-samples", "1000", "--check-samples", "2000"] if quick else []
-    figures: dict = {}
-    md: list[str] = []
-    summary: list[str] = []
-
-    # --- Table 4: gendsl, NumPyro, Pyro ------------------------------------------------------------
+def _cone_peers(steps: list[str], figures: dict) -> tuple[list[str], list[str]]:
     cone = _run(sys.executable, ["benchmarks/noisy_cone_peers.py", *steps])
     figures["cone_peers"] = _json(cone[0])
-    md += [
+    md = [
         "## 4. Table 4 peers: noisy cone, ELBO and IWELBO(5) in gendsl, NumPyro, Pyro (and genjax)",
         "",
         f"`{cone[2]}` ({cone[1]:.0f} s)",
@@ -130,7 +135,98 @@ def peer_sections(quick: bool = False) -> tuple[list[str], list[str], dict]:
         _strip(cone[0]),
         "",
     ]
+    cp = figures["cone_peers"]
+    fig = "; ".join(
+        f"{name}: " + ", ".join(f"{sys_} {cp[f'{name}/{sys_}']['mean']:.2f}" for sys_ in ("gendsl", "NumPyro", "Pyro")
+                                if f"{name}/{sys_}" in cp)
+        for name in ("ELBO", "IWELBO(5)")
+    )
+    return md, [f"| 4. Table 4 under one protocol (mean over seeds) | {fig} | measured |"]
 
+
+def _cone_genjax(steps: list[str], figures: dict) -> tuple[list[str], list[str]]:
+    gj_cone = _run(GENJAX_PYTHON, ["benchmarks/genjax_peer/noisy_cone.py", "--hierarchical", *steps])
+    figures["cone_genjax"] = cg = _json(gj_cone[0])
+    md = [
+        "### genjax 0.10.3 on the noisy cone (same protocol)",
+        "",
+        f"`{gj_cone[2]}` ({gj_cone[1]:.0f} s)",
+        "",
+        _strip(gj_cone[0]),
+        "",
+    ]
+    fig = "; ".join(f"{name}: genjax {cg[f'{name}/genjax']['mean']:.2f}" for name in ("ELBO", "IWELBO(5)"))
+    return md, [f"| genjax.vi in Table 4 (mean over seeds, after corrections 1-4) | {fig} | measured |"]
+
+
+def _table1(quick: bool, figures: dict) -> tuple[list[str], list[str]]:
+    t1_md, t1 = table1(quick)
+    figures["table1_genjax"] = t1
+    md = [
+        "## 1b. Table 1 peer: genjax.vi's VAE ELBO gradient vs hand-written JAX in genjax's environment",
+        "",
+        "Ratios are to the hand-written step measured in the same process (genjax runs on jax 0.5.3, gendsl on "
+        "its own JAX; compare ratios, not milliseconds): median of per-round ratios.",
+        "",
+        *t1_md,
+    ]
+    ratios = ", ".join(f"{d['genjax']['ratio_rounds']:.2f} (B={b})" for b, d in t1.items())
+    pe = ", ".join(f"{d['genjax_pe']['ratio_rounds_pe']:.2f}" for d in t1.values())
+    return md, [
+        f"| genjax.vi in Table 1 (measured, not a goal) | genjax batched program / hand-written (genjax's JAX): "
+        f"{ratios}; per-example programs / hand-written per-example: {pe} | measured |"
+    ]
+
+
+def _air(quick: bool, figures: dict) -> tuple[list[str], list[str]]:
+    feas = _run(GENJAX_PYTHON, ["benchmarks/genjax_peer/air_feasibility.py"])
+    md = ["## 3b. Table 2 peer: AIR in genjax 0.10.3", "", f"`{feas[2]}` ({feas[1]:.0f} s)", "", _strip(feas[0]), ""]
+    if not (AIR_DATA / "t10k-images-idx3-ubyte.gz").exists() and not (AIR_DATA / "train-images-idx3-ubyte.gz").exists():
+        msg = f"AIR timing skipped: no MNIST in {AIR_DATA} (set AIR_DATA)"
+        print(msg, file=sys.stderr)
+        return [*md, msg + ".", ""], [f"| genjax.vi in Table 2 (AIR) | {msg} | - |"]
+    small = ["--keys", "4", "--rounds", "1", "--warmup", "1", "--n", "2000"] if quick else ["--keys", "48",
+                                                                                           "--rounds", "6"]
+    npz = Path(tempfile.gettempdir()) / "air_peer_report.npz"
+    common = ["--npz", str(npz), "--data", str(AIR_DATA), *small]
+    ref = _run(sys.executable, ["benchmarks/genjax_peer/air_gendsl.py", *common,
+                                *(["--check-images", "2"] if quick else [])])
+    ref_out = Path(tempfile.gettempdir()) / "air_peer_report_gendsl.md"
+    ref_out.write_text(ref[0])
+    gj = _run(GENJAX_PYTHON, ["benchmarks/genjax_peer/air_genjax.py", *common, "--gendsl", str(ref_out)])
+    figures["air_gendsl"] = _json(ref[0])
+    figures["air_genjax"] = air = _json(gj[0])
+    md += [f"`{ref[2]}` ({ref[1]:.0f} s)", "", _strip(ref[0]), "", f"`{gj[2]}` ({gj[1]:.0f} s)", "", _strip(gj[0]), ""]
+    g = figures["air_gendsl"]["timing"]
+    fig = "; ".join(
+        f"{n}: genjax {air['timing'][n]['median_ms']:.0f} ms/step vs gendsl {g[n]['median_ms']:.0f} ms/step "
+        f"(anchor-normalized {air['timing'][n]['ratio_anchor'] / g[n]['ratio_anchor']:.2f}×)"
+        for n in ("REINFORCE+baseline", "ENUM")
+    )
+    return md, [f"| genjax.vi in Table 2 (AIR, REINFORCE+baseline and ENUM; MVD, IWAE(2) not expressible) | {fig} "
+                "| measured |"]
+
+
+def peer_sections(quick: bool = False) -> tuple[list[str], list[str], dict]:
+    """Run every peer benchmark; returns (markdown sections, summary-table rows, raw figures).
+
+    A part that fails (or whose environment is missing) is reported in place and the others still run.
+    """
+    steps = ["--steps", "500", "--seeds", "2", "--eval-samples", "1000", "--check-samples", "2000"] if quick else []
+    figures: dict = {}
+    md: list[str] = []
+    summary: list[str] = []
+
+    def part(label, fn, *args):
+        try:
+            m, rows = fn(*args)
+        except (PeerFailure, KeyError, ValueError) as e:
+            print(f"{label}: {e}", file=sys.stderr)
+            m, rows = [f"{label}: not measured, {e}", ""], [f"| {label} | not measured: {e} | failed |"]
+        md.extend(m)
+        summary.extend(rows)
+
+    part("Table 4 peers (noisy cone: gendsl, NumPyro, Pyro)", _cone_peers, steps, figures)
     if not genjax_available():
         msg = (
             f"genjax peer skipped: no genjax environment at {GENJAX_PYTHON} (python3.11 -m venv /work/venvs/genjax "
@@ -140,70 +236,18 @@ def peer_sections(quick: bool = False) -> tuple[list[str], list[str], dict]:
         md += [f"genjax: {msg}.", ""]
         summary.append(f"| genjax.vi as a peer (Tables 1, 2, 4) | {msg} | - |")
         return md, summary, figures
-
-    gj_cone = _run(GENJAX_PYTHON, ["benchmarks/genjax_peer/noisy_cone.py", "--hierarchical", *steps])
-    figures["cone_genjax"] = _json(gj_cone[0])
-    md += [
-        "### genjax 0.10.3 on the noisy cone (same protocol)",
-        "",
-        f"`{gj_cone[2]}` ({gj_cone[1]:.0f} s)",
-        "",
-        _strip(gj_cone[0]),
-        "",
-    ]
-
-    # --- Table 1 ----------------------------------------------------------------------------------
-    t1_md, t1 = table1(quick)
-    figures["table1_genjax"] = t1
-    md += [
-        "## 1b. Table 1 peer: genjax.vi's VAE ELBO gradient vs hand-written JAX in genjax's environment",
-        "",
-        "Ratios are to the hand-written step measured in the same process (genjax runs on jax 0.5.3, gendsl on "
-        "its own JAX; compare ratios, not milliseconds): median of per-round ratios.",
-        "",
-        *t1_md,
-    ]
-
-    # --- Table 2 ----------------------------------------------------------------------------------
-    air = _run(GENJAX_PYTHON, ["benchmarks/genjax_peer/air_feasibility.py"])
-    md += [
-        "## 3b. Table 2 peer: AIR in genjax 0.10.3",
-        "",
-        f"`{air[2]}` ({air[1]:.0f} s)",
-        "",
-        _strip(air[0]),
-        "",
-        "See `benchmarks/genjax_peer/RESULTS_genjax.md` for what this means for AIR.",
-        "",
-        CORRECTIONS,
-    ]
-
-    ratios = ", ".join(f"{d['genjax']['ratio_rounds']:.2f} (B={b})" for b, d in t1.items())
-    pe = ", ".join(f"{d['genjax_pe']['ratio_rounds_pe']:.2f}" for d in t1.values())
-    cp, cg = figures["cone_peers"], figures["cone_genjax"]
-    cone_fig = "; ".join(
-        f"{name}: "
-        + ", ".join(
-            f"{sys_} {cp[f'{name}/{sys_}']['mean']:.2f}"
-            for sys_ in ("gendsl", "NumPyro", "Pyro")
-            if f"{name}/{sys_}" in cp
-        )
-        + f", genjax {cg[f'{name}/genjax']['mean']:.2f}"
-        for name in ("ELBO", "IWELBO(5)")
-    )
-    summary += [
-        f"| genjax.vi in Table 1 (measured, not a goal) | genjax batched program / hand-written (genjax's JAX): "
-        f"{ratios}; per-example programs / hand-written per-example: {pe} | measured |",
-        f"| 4. Table 4 under one protocol (mean over seeds) | {cone_fig} | measured |",
-        "| genjax.vi in Table 2 (AIR) | not run: `flip_mvd` raises TypeError, IWAE particles cannot `vmap` ADEV "
-        "primitives, reparam sites share keys (air_feasibility.py) | not expressible as shipped |",
-    ]
+    part("genjax.vi in Table 4 (noisy cone)", _cone_genjax, steps, figures)
+    part("genjax.vi in Table 1 (VAE)", _table1, quick, figures)
+    part("genjax.vi in Table 2 (AIR)", _air, quick, figures)
+    md += ["", CORRECTIONS]
     return md, summary, figures
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few steps and calls: checks the scripts, not for numbers")
+    p.add_argument("--out-dir", default=None, help="write the two reports here (default: their places in the "
+                   "repository; with --quick: nowhere, the report is printed)")
     args = p.parse_args(argv)
     started = datetime.datetime.now()
     md, summary, _ = peer_sections(args.quick)
@@ -219,10 +263,18 @@ def main(argv=None):
         "",
     ]
     text = "\n".join(head + md) + "\n"
-    (HERE / "RESULTS_genjax.md").write_text(text)
-    cone = md[: md.index("### genjax 0.10.3 on the noisy cone (same protocol)")] if genjax_available() else md
-    (ROOT / "benchmarks" / "noisy_cone_peers_result.md").write_text("\n".join(["# Noisy cone peers", "", *cone[1:]]))
-    print(f"wrote {HERE / 'RESULTS_genjax.md'} and benchmarks/noisy_cone_peers_result.md", file=sys.stderr)
+    # the noisy-cone section: from the first heading to the next heading or genjax line
+    end = next((i for i, line in enumerate(md) if i > 0 and line.startswith(("## ", "### ", "genjax"))), len(md))
+    cone = "\n".join(["# Noisy cone peers", "", *md[1:end]]) + "\n"
+    if args.quick and args.out_dir is None:
+        print(text)  # a quick run checks the scripts; it does not replace measured reports
+        return
+    results = Path(args.out_dir) / "RESULTS_genjax.md" if args.out_dir else HERE / "RESULTS_genjax.md"
+    cone_path = Path(args.out_dir) / "noisy_cone_peers_result.md" if args.out_dir else (
+        ROOT / "benchmarks" / "noisy_cone_peers_result.md")
+    results.write_text(text)
+    cone_path.write_text(cone)
+    print(f"wrote {results} and {cone_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
