@@ -13,7 +13,8 @@
 
 and writes the report: a summary of the goals of the benchmarks issue, then each
 section's tables with the command that produced them, the machine and the date.
-Options: ``--quick`` (far fewer calls, for checking the script), ``--out PATH``.
+Options: ``--quick`` (far fewer calls, for checking the script), ``--out PATH``, ``--peers-only`` (only the
+peer step, printed).
 Benchmarks are not tests: nothing here asserts anything about time.
 """
 
