@@ -265,6 +265,8 @@ class _Analysis:
             whole = [upd[i] == shape[i] for i in range(len(shape))]
             keep = lambda a: a if whole[a] else None  # noqa: E731
             return [_merge([_remap(ins[0], keep), _remap(ins[1], keep), *map(_forget_axes, ins[2:])])]
+        if name == "gather":
+            return [self._gather(eqn, ins)]
         if name == "split":
             ax = p["axis"]
             return [_remap(ins[0], lambda a: None if a == ax else a) for _ in out_avals]
@@ -305,6 +307,18 @@ class _Analysis:
             return dep
         self.sizes.setdefault(site, sizes)
         return _merge([dep, {site: rel}])
+
+    def _gather(self, eqn, ins):
+        """``operand[indices]``: output element ``i`` reads the indices at ``i`` (and any operand element)."""
+        dn = eqn.params["dimension_numbers"]
+        out_rank = len(eqn.outvars[0].aval.shape)
+        batch_out = [d for d in range(out_rank) if d not in dn.offset_dims]
+        n_batch = len(eqn.invars[1].aval.shape) - 1  # the last axis of the indices holds the index vector
+        indices = _remap(ins[1], lambda a: batch_out[a] if a < n_batch else None)
+        # Batched gathers (from vmap) align operand batching dims with the indices' batching dims.
+        pairs = dict(zip(dn.operand_batching_dims, dn.start_indices_batching_dims, strict=True))
+        operand = _remap(ins[0], lambda a: batch_out[pairs[a]] if a in pairs else None)
+        return _merge([operand, indices])
 
     def _cumulative(self, dep, ax, rev):
         out = {}

@@ -181,6 +181,32 @@ def test_cross_point_dependence_is_kept():
     within_4_se(grads(elbo(model, guide), params, x)["logits"], jax.grad(exact)(params)["logits"])
 
 
+def test_mixture_assignments_indexing_cluster_centres():
+    """z_i indexes the centres (a gather): each point's score pairs with its own likelihood term."""
+    locs, x = jnp.array([-2.0, 0.5, 3.0]), jnp.array([-1.5, 0.0, 2.0, 2.5])
+
+    @gendsl.model
+    def model(x):
+        with gendsl.plate("data", 4):
+            z = gendsl.sample("z", dist.Categorical(probs=jnp.array([0.2, 0.5, 0.3])))
+            gendsl.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+    @gendsl.model
+    def guide(x):
+        logits = gendsl.param("logits", jnp.zeros((4, 3)))
+        with gendsl.plate("data", 4):
+            gendsl.sample("z", dist.Categorical(logits=logits), strategy=reinforce(True))
+
+    def exact(p):
+        log_q = jax.nn.log_softmax(p["logits"], axis=-1)  # (4, 3)
+        log_p = jnp.log(jnp.array([0.2, 0.5, 0.3])) + dist.Normal(locs, 1.0).log_prob(x[:, None])
+        return jnp.sum(jnp.exp(log_q) * (log_p - log_q))
+
+    params = {"logits": jnp.array([[0.3, -0.2, 0.1], [0.0, 0.4, -0.5], [1.0, 0.2, -0.3], [-0.4, 0.1, 0.6]])}
+    g = grads(elbo(model, guide), params, x)["logits"]
+    within_4_se(g.reshape(N, -1), jax.grad(exact)(params)["logits"].reshape(-1))
+
+
 def test_iwelbo_per_point_with_reinforce_sites():
     """Per-point IWELBO(2): each point's score pairs with its own log-mean-exp."""
     model, guide = plate_pair(True)
@@ -322,6 +348,17 @@ def test_rowwise_network_keeps_the_plate_axis():
         return jnp.sum(h**2)
 
     assert relations(f, jnp.zeros(5)) == ([((0, "eq"),)], set())
+
+
+def test_indexing_by_a_latent_keeps_the_plate_axis():
+    locs = jnp.array([-1.0, 0.0, 2.0])
+
+    def f(z):
+        z = score_site(z, address="z", loops=0, batch_ndim=1)
+        per_row = jax.vmap(lambda row, zi: row[zi])(jnp.ones((5, 3)) * locs, z)  # a batched gather
+        return jnp.sum((locs[z] - 1.0) ** 2) + jnp.sum(per_row)
+
+    assert relations(f, jnp.zeros(5, jnp.int32)) == ([((0, "eq"),), ((0, "eq"),)], set())
 
 
 def test_mixing_across_the_plate_loses_the_alignment():
