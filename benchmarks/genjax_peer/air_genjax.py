@@ -216,25 +216,35 @@ def make_guide(strategy: str):
     return guide
 
 
-def elbo_expectation(guide, names, key, image):
-    """The per-canvas ELBO as an ADEV expectation of the parameter leaves (``vi.ELBO``'s body, sign +)."""
+def elbo_expectation(guide, names, key, image, particles=1):
+    """The per-canvas ELBO as an ADEV expectation of the parameter leaves (``vi.ELBO``'s body, sign +).
+
+    ``particles = K > 1``: IWELBO(K), ``log mean_k w_k`` of ``K`` importance weights drawn one after the
+    other in the same expectation (unrolled: ``vi.IWELBO`` ``vmap``s the guide, which ADEV's sample
+    primitive cannot batch, correction 3). Each REINFORCE site's score is paired with the whole bound.
+    """
 
     @expectation
     def elbo(*leaves):
         target = Target(model, (dict(zip(names, leaves, strict=True)), image), C["image"].set(image))
-        return Importance(target, ScoredMarginal(guide)).estimate_normalizing_constant(key, target)
+        if particles == 1:
+            return Importance(target, ScoredMarginal(guide)).estimate_normalizing_constant(key, target)
+        log_w = jnp.stack([Importance(target, ScoredMarginal(guide)).estimate_normalizing_constant(k, target)
+                           for k in jax.random.split(key, particles)])
+        top = jnp.max(log_w)  # log-sum-exp written out (jax.nn.logsumexp is custom_jvp, see relu)
+        return top + jnp.log(jnp.mean(jnp.exp(log_w - top)))
 
     return elbo
 
 
-def batch_value_and_grad(guide, fit_baseline, P, key, images):
+def batch_value_and_grad(guide, fit_baseline, P, key, images, particles=1):
     """Mean ELBO estimate over ``images`` (one expectation per canvas) and its gradient in ``P``."""
     names = sorted(P)
     keys = jax.random.split(key, images.shape[0])
 
     def objective(leaves):
         def one(k, x):
-            return invoke_closed_over(elbo_expectation(guide, names, k, x), k, tuple(leaves))
+            return invoke_closed_over(elbo_expectation(guide, names, k, x, particles), k, tuple(leaves))
 
         f = jax.vmap(one)(keys, images)
         total = jnp.mean(f)
@@ -248,7 +258,12 @@ def batch_value_and_grad(guide, fit_baseline, P, key, images):
     return value, dict(zip(names, grads, strict=True))
 
 
-GUIDES = {"REINFORCE+baseline": (make_guide("reinforce"), True), "ENUM": (make_guide("enum"), False)}
+# estimator -> (guide, fit the learned baseline, particles)
+GUIDES = {
+    "REINFORCE+baseline": (make_guide("reinforce"), True, 1),
+    "ENUM": (make_guide("enum"), False, 1),
+    "IWAE(2)+REINFORCE": (make_guide("reinforce"), True, 2),
+}
 
 
 # --- checks, timing, report ---------------------------------------------------------------------------
@@ -286,7 +301,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--skip-checks", action="store_true")
+    p.add_argument("--estimators", default=",".join(NAMES), help=f"comma-separated, from {list(GUIDES)}")
     args = p.parse_args(argv)
+    names = args.estimators.split(",")
     npz = np.load(args.npz)
     P = {k[len("param/") :]: jnp.asarray(npz[k]) for k in npz.files if k.startswith("param/")}
     images = jnp.asarray(npz["images"])
@@ -300,7 +317,8 @@ def main(argv=None):
             chm = choicemap(npz, i)
             target = Target(model, (P, img), C["image"].set(img))
             logp = float(jax.jit(lambda c, t: model.assess(c, t.args)[0])(choicemap(npz, i, image=img), target))
-            logqs = [float(jax.jit(lambda c, t, g=g: g.assess(c, (t,))[0])(chm, target)) for g, _ in GUIDES.values()]
+            guides = [GUIDES[k][0] for k in ("REINFORCE+baseline", "ENUM")]
+            logqs = [float(jax.jit(lambda c, t, g=g: g.assess(c, (t,))[0])(chm, target)) for g in guides]
             rows.append((logp, float(npz["logp"][i]), logqs, float(npz["logq"][i])))
             np.testing.assert_allclose(logp, npz["logp"][i], rtol=1e-4, atol=1e-3)
             np.testing.assert_allclose(logqs, [npz["logq"][i]] * 2, rtol=1e-4, atol=1e-3)
@@ -315,10 +333,11 @@ def main(argv=None):
         )
         # 2. Monte Carlo: mean ELBO and gradient coordinates vs gendsl's
         keys = jax.random.split(jax.random.key(11), args.keys)
-        for name, (guide, fit) in GUIDES.items():
+        for name in names:
+            guide, fit, particles = GUIDES[name]
 
-            def one(k, guide=guide, fit=fit):
-                value, grads = batch_value_and_grad(guide, fit, P, k, images)
+            def one(k, guide=guide, fit=fit, particles=particles):
+                value, grads = batch_value_and_grad(guide, fit, P, k, images, particles)
                 return value, jnp.stack(air_common.probe_values(grads))
 
             t0 = time.perf_counter()
@@ -351,10 +370,11 @@ def main(argv=None):
     _, minibatch = air_common.problem(args.data, args.n, args.seed)
     ref_fn, ref_args = air_common.reference_step()
     runners = {}
-    for name, (guide, fit) in GUIDES.items():
+    for name in names:
+        guide, fit, particles = GUIDES[name]
 
-        def step(params, state, key, batch, guide=guide, fit=fit):
-            value, grads = batch_value_and_grad(guide, fit, params, key, batch)
+        def step(params, state, key, batch, guide=guide, fit=fit, particles=particles):
+            value, grads = batch_value_and_grad(guide, fit, params, key, batch, particles)
             params, state = air_common.adam_ascent(params, grads, state, args.lr)
             return params, state, value
 
@@ -370,7 +390,7 @@ def main(argv=None):
         v = float(jax.block_until_ready(value))
         assert math.isfinite(v), f"{name}: non-finite ELBO {v}"
 
-    order = ["anchor", *NAMES]
+    order = ["anchor", *names]
     first = {}
     warm = jnp.asarray(minibatch(args.batch))
     for name in order:
@@ -413,9 +433,12 @@ def main(argv=None):
         print("| estimator | gendsl ms/step | genjax ms/step | genjax / gendsl (ms) | gendsl / anchor "
               "| genjax / anchor | genjax / gendsl (anchor-normalized) | gendsl s/epoch | genjax s/epoch |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for name in NAMES:
-            g_ms = float(np.median([r["timing"][name]["median_ms"] for r in gendsl_runs]))
-            g_ra = float(np.median([r["timing"][name]["ratio_anchor"] for r in gendsl_runs]))
+        for name in names:
+            runs = [r["timing"][name] for r in gendsl_runs if name in r["timing"]]
+            if not runs:
+                continue
+            g_ms = float(np.median([r["median_ms"] for r in runs]))
+            g_ra = float(np.median([r["ratio_anchor"] for r in runs]))
             j_ms, j_ra = timing[name]["median_ms"], timing[name]["ratio_anchor"]
             print(f"| {name} | {g_ms:.0f} | {j_ms:.0f} | {j_ms / g_ms:.2f} | {g_ra:.1f} | {j_ra:.1f} | "
                   f"{j_ra / g_ra:.2f} | {g_ms * steps_per_epoch / 1e3:.1f} | {j_ms * steps_per_epoch / 1e3:.1f} |")
