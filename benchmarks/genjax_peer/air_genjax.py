@@ -92,9 +92,9 @@ def linear(P, name, x):
     return P[f"{name}.weight"] @ x + P[f"{name}.bias"]
 
 
-# ADEV's interpreter fails on custom_jvp functions evaluated after a sampling site (jax.nn.relu and
-# jax.nn.softplus are custom_jvp in jax 0.5.3: "zeros_like requires ndarray ... got WrappedFun"), so the
-# two are written with primitives here (same values)
+# ADEV's interpreter fails on jax.nn.relu (a custom_jvp function) anywhere in an expectation, before or
+# after a sampling site ("TypeError: zeros_like requires ndarray or scalar arguments, got WrappedFun"), so
+# relu is written with jnp.maximum (same values); softplus is written out too (jax.nn.softplus runs)
 def relu(x):
     return jnp.maximum(x, 0.0)
 
@@ -231,8 +231,7 @@ def elbo_expectation(guide, names, key, image, particles=1):
             return Importance(target, ScoredMarginal(guide)).estimate_normalizing_constant(key, target)
         log_w = jnp.stack([Importance(target, ScoredMarginal(guide)).estimate_normalizing_constant(k, target)
                            for k in jax.random.split(key, particles)])
-        top = jnp.max(log_w)  # log-sum-exp written out (jax.nn.logsumexp is custom_jvp, see relu)
-        return top + jnp.log(jnp.mean(jnp.exp(log_w - top)))
+        return jax.nn.logsumexp(log_w) - jnp.log(particles)
 
     return elbo
 

@@ -61,6 +61,16 @@ hand-written or brute-force computation at the same parameters; the scripts prin
 4. **`Expectation.estimate` raises** (it passes zeros where its type check wants dual numbers). Values are
    taken from the forward-mode estimate with zero tangents, the same computation.
 5. ADEV stages its program on the flat list of argument arrays, so a parameter pytree goes in as its leaves.
+6. **`jax.nn.relu` fails in any ADEV expectation** (it is a `custom_jvp` function; the interpreter's
+   default rule raises "TypeError: zeros_like requires ndarray or scalar arguments, got WrappedFun").
+   AIR's networks use `jnp.maximum(x, 0)` instead (same values).
+7. **`adev.baseline(prim)` fails when the baseline has a symbolic-zero tangent** (a constant or
+   `stop_gradient`-ed baseline: "primal and tangent arguments to jax.jvp must have the same tree
+   structure"). AIR passes the learned baseline with its tangent; the primitive subtracts and adds it
+   back, so its gradient cancels. genjax does not fit baselines: AIR's learned baseline is fitted by
+   least squares to the sampled ELBO next to ADEV's gradient (gendsl fits it inside its estimator).
+8. **IWAE(K)**: `vi.IWELBO` cannot run (3), so AIR's IWAE(2) draws its two particles one after the other
+   in one expectation (unrolled) and returns `logsumexp(log w) - log 2`.
 """
 
 
