@@ -99,3 +99,40 @@ def _is_param_leaf(x) -> bool:
     if isinstance(x, jax.ShapeDtypeStruct):
         return jnp.issubdtype(x.dtype, jnp.inexact)
     return eqx.is_inexact_array(x)
+
+
+class TimeConv(eqx.Module):
+    """A small residual CNN ``(z, t) -> output`` for square images given as flat vectors (``side * side``).
+
+    Time enters as Fourier features, projected and added to every layer's channels.
+    Translation-equivariant layers share statistics across pixels, which an MLP
+    on 64 pixels cannot (it overfits 1,000 digits).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = TimeConv(8, channels=8, depth=2, key=jax.random.key(0))
+        >>> net(jnp.ones(64), 0.3).shape
+        (64,)
+    """
+
+    first: eqx.nn.Conv2d
+    blocks: list
+    time_proj: list
+    last: eqx.nn.Conv2d
+    side: int = eqx.field(static=True)
+    time_features: int = eqx.field(static=True)
+
+    def __init__(self, side: int, *, channels: int = 64, depth: int = 3, time_features: int = 16, key):
+        keys = jax.random.split(key, 2 * depth + 2)
+        self.side, self.time_features = side, time_features
+        self.first = eqx.nn.Conv2d(1, channels, 3, padding=1, key=keys[0])
+        self.blocks = [eqx.nn.Conv2d(channels, channels, 3, padding=1, key=k) for k in keys[1 : depth + 1]]
+        self.time_proj = [eqx.nn.Linear(time_features, channels, key=k) for k in keys[depth + 1 : 2 * depth + 1]]
+        self.last = eqx.nn.Conv2d(channels, 1, 3, padding=1, key=keys[-1])
+
+    def __call__(self, z, t, label=None):
+        temb = fourier_time(t, self.time_features)
+        h = self.first(jnp.reshape(z, (1, self.side, self.side)))
+        for conv, proj in zip(self.blocks, self.time_proj, strict=True):
+            h = h + conv(jax.nn.silu(h + proj(temb)[:, None, None]))
+        return jnp.reshape(self.last(jax.nn.silu(h)), (-1,))

@@ -28,7 +28,7 @@ from gendsl.inference import (
     discrete_decoder_log_prob,
     vdm_terms,
 )
-from gendsl.models._nets import TimeMLP
+from gendsl.models._nets import TimeConv, TimeMLP
 
 __all__ = ["VDM", "to_levels", "from_levels"]
 
@@ -53,6 +53,7 @@ class VDM(eqx.Module):
         gamma_min, gamma_max: the schedule's initial endpoints.
         hidden, depth: the ``TimeMLP`` noise-prediction network.
         fourier: exponents ``k`` of extra input features ``sin, cos(2^k pi z)``.
+        conv: a small residual CNN (``TimeConv``, ``hidden`` channels) instead of the MLP (square images).
         key: PRNG key.
 
     Example:
@@ -63,7 +64,7 @@ class VDM(eqx.Module):
         ()
     """
 
-    net: TimeMLP
+    net: eqx.Module
     schedule: eqx.Module
     dim: int = eqx.field(static=True)
     levels: int = eqx.field(static=True)
@@ -71,13 +72,22 @@ class VDM(eqx.Module):
     fourier: tuple = eqx.field(static=True)
 
     def __init__(self, dim: int, *, levels: int = 17, learned_schedule: bool = False, gamma_min: float = -13.3,
-                 gamma_max: float = 5.0, hidden: int = 256, depth: int = 3, fourier: tuple = (), key):
+                 gamma_max: float = 5.0, hidden: int = 256, depth: int = 3, fourier: tuple = (), conv: bool = False,
+                 key):
         k_net, k_sched = jax.random.split(key)
         self.dim, self.levels = dim, levels
         self.gamma_range = (gamma_min, gamma_max)
         self.fourier = tuple(fourier)
-        self.net = TimeMLP((dim * (1 + 2 * len(self.fourier)),), out_shape=(dim,), hidden=hidden, depth=depth,
-                           key=k_net)
+        if conv:
+            if self.fourier:
+                raise ValueError("VDM: Fourier features are implemented for the MLP only (conv=False)")
+            side = round(dim**0.5)
+            if side * side != dim:
+                raise ValueError(f"VDM(conv=True) needs square images; dim {dim} is not a square")
+            self.net = TimeConv(side, channels=hidden, depth=depth, key=k_net)
+        else:
+            self.net = TimeMLP((dim * (1 + 2 * len(self.fourier)),), out_shape=(dim,), hidden=hidden, depth=depth,
+                               key=k_net)
         if learned_schedule:
             self.schedule = LearnedSchedule(gamma_min, gamma_max, key=k_sched)
         else:
