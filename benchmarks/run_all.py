@@ -301,7 +301,7 @@ def main(argv=None):
     # peer rows after the goals' rows, peer sections before "Not yet measured" (or at the end)
     rows = [i for i, line in enumerate(md) if line.startswith("| ")]
     at = next((i for i in rows if i > md.index("## Summary")), len(md)) if "## Summary" in md else len(md)
-    while at < len(md) and md[at].startswith("| "):
+    while at < len(md) and md[at].startswith("|"):  # past the header, the |---| line and the rows
         at += 1
     md[at:at] = peer_summary
     at = md.index("## Not yet measured") if "## Not yet measured" in md else len(md)
