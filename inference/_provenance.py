@@ -207,6 +207,8 @@ class _Analysis:
         rank = len(getattr(out_avals[0], "shape", ())) if out_avals else 0
         if eqn.primitive is tag_p:
             return [self._tag(eqn, ins[0], depth)]
+        if name == "gendsl_site_log_prob":  # identity; one site's log density stays one leaf
+            return [ins[0]]
         if name in _ELEMENTWISE:
             shifted = []
             for v, d in zip(eqn.invars, ins, strict=True):
