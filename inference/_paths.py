@@ -290,16 +290,7 @@ def flow_matching(
     time = ndist.Uniform(0.0, 1.0) if time is None else time
     net = gendsl.model(velocity)
 
-    def objective(params, data, *args):
-        key = _objective_key(name)
-        k_t, k_path = jax.random.split(key)
-        t = time.sample(k_t, (_batch_size(data),))
-        x_t, u = _per_point(lambda k, ti, d: target(k, ti, d, *args), k_path, t, data)
-        pred = jax.vmap(net.bind(params))(x_t, t)
-        return -jnp.mean(_weights(weight, t) * _sq(pred, u))
-
-    objective.__name__ = name
-    return _objective(objective, net, lambda *a: target(*a)[0], time)
+    return _regression(name, net, time, weight, target)
 
 
 def denoising_score_matching(
@@ -342,16 +333,7 @@ def denoising_score_matching(
     time = ndist.Uniform(0.0, 1.0) if time is None else time
     net = gendsl.model(score)
 
-    def objective(params, data, *args):
-        key = _objective_key(name)
-        k_t, k_kernel = jax.random.split(key)
-        t = time.sample(k_t, (_batch_size(data),))
-        x_t, s = _per_point(lambda k, ti, d: target(k, ti, d, *args), k_kernel, t, data)
-        pred = jax.vmap(net.bind(params))(x_t, t)
-        return -jnp.mean(_weights(weight, t) * _sq(pred, s))
-
-    objective.__name__ = name
-    return _objective(objective, net, lambda *a: target(*a)[0], time)
+    return _regression(name, net, time, weight, target)
 
 
 def denoising_loss(
@@ -402,16 +384,21 @@ def denoising_loss(
     def draw(key, t, x0, *args):
         return _site_value(kernel, site, key, (t, x0, *args))[0]
 
+    return _regression(name, net, time, weight, lambda *a: (draw(*a), a[2]))  # the target is x0 itself
+
+
+def _regression(name, net, time, weight, draw_and_target) -> Expectation:
+    """``-E w(t) ||net(x_t, t) - target||^2``: ``draw_and_target(key, t, x0, *args) -> (x_t, target)``."""
+
     def objective(params, data, *args):
-        key = _objective_key(name)
-        k_t, k_kernel = jax.random.split(key)
+        k_t, k_draw = jax.random.split(_objective_key(name))
         t = time.sample(k_t, (_batch_size(data),))
-        x_t = _per_point(lambda k, ti, d: draw(k, ti, d, *args), k_kernel, t, data)
+        x_t, target = _per_point(lambda k, ti, d: draw_and_target(k, ti, d, *args), k_draw, t, data)
         pred = jax.vmap(net.bind(params))(x_t, t)
-        return -jnp.mean(_weights(weight, t) * _sq(pred, data))
+        return -jnp.mean(_weights(weight, t) * _sq(pred, target))
 
     objective.__name__ = name
-    return _objective(objective, net, draw, time)
+    return _objective(objective, net, lambda *a: draw_and_target(*a)[0], time)
 
 
 # -- library paths ---------------------------------------------------------------------------
