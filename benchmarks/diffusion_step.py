@@ -1,18 +1,20 @@
-"""Training-step time of the DDPM loss derived from the program pair vs the same loss written by hand in JAX.
+"""Training-step time of the DDPM objective derived from the program pair vs the same loss written by hand in JAX.
 
 The model: DDPM on 64-dimensional data (scikit-learn digits' shape), T = 1000,
 linear beta schedule, a ``TimeMLP`` eps network (64 + 16 time features -> 256 ->
 256 -> 256 -> 64, SiLU), batch 128.
 
-* derived: ``gendsl.models.DDPM(...).objective.simple_loss`` -- the program pair
-  ``vp_reverse`` / ``vp_forward`` run through ``diffusion_elbo``: the guide's chain
-  is recognized once (constants), each example runs the reverse program on the
-  sub-grid ``(t-1, t)`` and the eps prediction is recovered from the step's mean.
+* derived: ``gendsl.models.DDPM(...).objective`` -- the simple objective (an
+  ``Expectation`` of minus the loss) of the program pair ``vp_reverse`` /
+  ``vp_forward`` run through ``diffusion_elbo``: the guide's chain is recognized once
+  (constants), each example runs the reverse program on the sub-grid ``(t-1, t)``
+  and the eps prediction is recovered from the step's mean; the step takes
+  ``objective.value_and_grad`` (as ``SVI.step`` does) and negates it.
 * hand-written: ``t ~ U{2..T}``, ``x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps``,
   ``mean((net(x_t, t/T) - eps)^2)`` (the same steps ``2..T`` as the derived loss).
 
 Each step is ``jax.jit`` of value-and-grad plus an Adam update (optax), one jitted
-call per step. Protocol: (1) at identical noise the two losses agree; (2) warm-up,
+call per step. Protocol: (1) the two losses agree in mean over many keys; (2) warm-up,
 then calls interleaved (A B, B A, ...), ``block_until_ready`` on every call;
 median and min-max per call and the median of per-round ratios.
 
@@ -45,7 +47,11 @@ def make(batch, hidden):
     static = ddpm._static
 
     def derived_loss(p, key, xs):
-        return ddpm.objective.simple_loss(p, key, xs)
+        return -ddpm.objective.estimate(key, p, xs)
+
+    def derived_value_and_grad(p, key, xs):
+        value, grads = ddpm.objective.value_and_grad(key, p, xs)
+        return -value, jax.tree_util.tree_map(jnp.negative, grads)
 
     def hand_loss(p, key, xs):
         net = eqx.combine(p["net"], static)
@@ -61,17 +67,18 @@ def make(batch, hidden):
 
     opt = optax.adam(1e-3)
 
-    def stepper(loss):
+    def stepper(value_and_grad):
         @jax.jit
         def step(p, o, key, xs):
-            value, grads = jax.value_and_grad(loss)(p, key, xs)
+            value, grads = value_and_grad(p, key, xs)
             updates, o = opt.update(grads, o, p)
             return optax.apply_updates(p, updates), o, value
 
         return step
 
     xs = jax.random.normal(jax.random.key(1), (batch, D))
-    return params, opt.init(params), xs, stepper(derived_loss), stepper(hand_loss), derived_loss, hand_loss, ab
+    derived, hand = stepper(derived_value_and_grad), stepper(jax.value_and_grad(hand_loss))
+    return params, opt.init(params), xs, derived, hand, derived_loss, hand_loss, ab
 
 
 def main(argv=None):

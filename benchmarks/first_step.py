@@ -101,7 +101,7 @@ def one(system: str) -> dict:
         t2 = time.perf_counter()
         step = jax.jit(svi.step)
         state, info = jax.block_until_ready(step(state, x))
-        loss = -float(info["objective"])
+        loss = -float(info.objective)
 
     elif system == "numpyro":
         k_enc, k_dec = jax.random.split(key)

@@ -33,7 +33,7 @@ import numpy as np
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import elbo
+from gendsl.inference import elbo, init_params
 
 HIDDEN, X_DIM = 200, 784
 
@@ -61,7 +61,7 @@ def make_step(z_dim: int, batch: int):
     obj = elbo(model, guide)
     k_init, k_x = jax.random.split(jax.random.key(batch * 1000 + z_dim))
     x = jax.random.bernoulli(k_x, 0.13, (batch, X_DIM)).astype(jnp.float32)
-    params = obj.init_params(k_init, x)[0]
+    params = init_params(obj, k_init, x)[0]
     fn = jax.jit(lambda k, p_, x_: obj.value_and_grad(k, p_, x_))
     return fn, (jax.random.key(1), params, x)
 

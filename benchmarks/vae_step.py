@@ -72,7 +72,7 @@ from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import elbo, iwelbo
+from gendsl.inference import elbo, init_params, iwelbo
 
 Z_DIM, HIDDEN, X_DIM = 10, 200, 784
 LOG_2PI = math.log(2 * math.pi)
@@ -360,7 +360,7 @@ def main(argv=None):
     # the three implementations, one parameter pytree
     g_model, g_guide = make_gendsl(activation)
     g_obj = {"elbo": elbo(g_model, g_guide), "iwelbo": iwelbo(g_model, g_guide, n_part)}
-    params = g_obj["elbo"].init_params(k_init, x)[0]
+    params = init_params(g_obj["elbo"], k_init, x)[0]
     statics = (
         eqx.partition(make_encoder(k_init, activation), eqx.is_inexact_array)[1],
         eqx.partition(make_decoder(k_init, activation), eqx.is_inexact_array)[1],

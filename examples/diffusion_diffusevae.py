@@ -50,9 +50,9 @@ def main():
             k_b, k_l, k_z = jax.random.split(k, 3)
             idx = jax.random.choice(k_b, xs.shape[0], (128,))
             recon = model.reconstruct(vae, xs[idx], k_z)  # z ~ q(z | x): distributed like sampling-time z
-            value, grads = jax.value_and_grad(model.ddpm_loss)(p, k_l, xs[idx], recon)
-            updates, s = opt.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), value
+            value, grads = model.ddpm.objective.value_and_grad(k_l, p, xs[idx], recon)
+            updates, s = opt.update(jax.tree_util.tree_map(jnp.negative, grads), s, p)  # optax minimizes
+            return (optax.apply_updates(p, updates), s), -value
 
         return jax.lax.scan(body, (params, state), jax.random.split(key, 500))
 

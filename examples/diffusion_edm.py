@@ -45,7 +45,11 @@ def main():
             p, s = carry
             k_b, k_l = jax.random.split(k)
             idx = jax.random.choice(k_b, xs.shape[0], (512,))
-            value, grads = jax.value_and_grad(lambda q: eqx.combine(q, static).loss(k_l, xs[idx]))(p)
+            def loss(q):  # minus EDM's objective, differentiated through the module's arrays
+                model = eqx.combine(q, static)
+                return -model.objective.surrogate(k_l, model, xs[idx])[0]
+
+            value, grads = jax.value_and_grad(loss)(p)
             updates, s = opt.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), value
 

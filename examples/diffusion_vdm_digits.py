@@ -52,8 +52,9 @@ def make_step(optimizer, batch_size, chunk):
             k_batch, k_loss = jax.random.split(k)
             idx = jax.random.choice(k_batch, train.shape[0], (batch_size,), replace=False)
 
-            def loss(p):
-                return eqx.combine(p, static).loss(k_loss, train[idx])
+            def loss(p):  # minus the ELBO objective (nats per image), differentiated through the module's arrays
+                model = eqx.combine(p, static)
+                return -model.objective.surrogate(k_loss, model, train[idx])[0]
 
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -3,8 +3,8 @@
     python examples/pfgmpp_moons.py --steps 4000                 # D = 128
     python examples/pfgmpp_moons.py --steps 4000 --D 8 128 inf   # inf: EDM's Gaussian kernel
 
-For each D it trains the EDM-preconditioned denoiser with the PFGM++ loss (derived
-from the kernel program ``gendsl.inference.pfgmpp_kernel(D)``), samples 5,000 points
+For each D it trains the EDM-preconditioned denoiser on the PFGM++ objective (derived
+from the kernel program ``gendsl.inference.diffusion.pfgmpp_kernel(D)``), samples 5,000 points
 from the PFGM++ prior at sigma_max = 80 with Heun steps on EDM's grid, and prints the
 energy distance to 5,000 held-out points next to sklearn's GaussianMixture(8).
 """

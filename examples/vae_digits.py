@@ -88,7 +88,7 @@ def main():
         return jax.jit(jax.vmap(lambda kk, xi: held_out.estimate(kk, p, xi[None])))(keys, x).mean()
 
     state = svi.init(key, train[: args.batch_size])
-    before = float(bound(key, svi.constrain(state.params), test))
+    before = float(bound(key, svi.get_params(state), test))
     start = time.perf_counter()
     result = svi.run(key, args.steps, train, batch_size=args.batch_size, state=state)
     seconds = time.perf_counter() - start

@@ -26,7 +26,7 @@ from numpyro.primitives import Messenger
 
 from gendsl._address import as_key
 from gendsl._errors import AddressError, MissingChoiceError
-from gendsl._seed import seed
+from gendsl._handlers import seed
 from gendsl._trace import Recorder, Trace
 
 __all__ = ["Model", "VmapModel", "model"]
@@ -34,6 +34,11 @@ __all__ = ["Model", "VmapModel", "model"]
 
 class RequireValues(Messenger):
     """Fails on a latent site that received no value (used by ``assess``)."""
+
+    def loop_site(self, probe) -> None:
+        """The same check for a site of a ``gendsl.scan`` body (see ``LoopSiteHandler``)."""
+        if probe["value"] is None and not probe["is_observed"]:
+            raise missing_choice(probe["name"])
 
     def process_message(self, msg) -> None:
         if msg["type"] == "sample" and msg["value"] is None and not msg["is_observed"]:

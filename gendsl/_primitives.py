@@ -20,6 +20,7 @@ from numpyro.distributions import Distribution, constraints
 from numpyro.primitives import _PYRO_STACK, apply_stack
 
 from gendsl._errors import NoKeyError
+from gendsl._messages import ADDRESS
 
 __all__ = ["sample", "param", "module", "prng_key", "plate", "deterministic", "factor"]
 
@@ -113,7 +114,7 @@ def request_key(address: str) -> jax.Array | None:
         return None
     msg = {
         "type": "prng_key",
-        "gendsl_address": address,
+        ADDRESS: address,
         "fn": lambda rng_key: rng_key,
         "args": (),
         "kwargs": {"rng_key": None},

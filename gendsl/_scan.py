@@ -11,10 +11,12 @@ How it interacts with the handler stack:
 * Inside the loop, a ``_ScanFrame`` handler sits on top of the stack and stops
   every message: handlers outside the loop must not see (and store) values that
   only exist inside ``lax.scan``. The frame itself plays the part of the outer
-  handlers that provide values or metadata: it asks each outer
-  ``substitute``/``condition``/``replay``/``block``/``strategy``/``infer_config``
-  handler about the full address (``"name/x"``) and slices stacked data at the
-  current step. Step ``t`` draws with ``fold_in(loop_key, t)``, then per address.
+  handlers that provide values or metadata: it sends a *probe* with the full
+  address (``"name/x"``) to every outer handler that implements
+  ``LoopSiteHandler.loop_site`` (gendsl's handlers and the estimators; NumPyro's
+  ``substitute``/``condition``/``replay``/``block``/``infer_config`` through an
+  adapter table) and slices stacked data at the current step. Step ``t`` draws
+  with ``fold_in(loop_key, t)``, then per address.
 * After the loop, each site is sent once through the outer stack with its
   stacked value and log density ("replayed"), so that ``trace``, ``scale``,
   ``mask``, enclosing plates and NumPyro's inference see an ordinary site.
@@ -35,9 +37,18 @@ from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
 
 from gendsl._address import join, site_key
 from gendsl._errors import AddressError, GendslError, NoKeyError
-from gendsl._model import RequireValues, missing_choice
+from gendsl._messages import (
+    ADDRESS,
+    CONTROL_FLOW_DONE,
+    INFER_LOOP,
+    LOOP_EXTRAS,
+    LOOP_STEPS,
+    POST,
+    SCAN_INDEX,
+    STOP_GRADIENT,
+    LoopSiteHandler,
+)
 from gendsl._primitives import request_key
-from gendsl._seed import strategy as _strategy
 from gendsl._trace import _check_observation
 
 __all__ = ["scan"]
@@ -129,44 +140,63 @@ class _Stacked:
         self.value = value
 
 
+def _block(h: nh.block, probe: dict) -> bool:
+    return bool(h.hide_fn(probe))
+
+
+def _substitute(h: nh.substitute, probe: dict) -> None:
+    if h.data is not None:
+        if probe["name"] in h.data:
+            probe["value"] = _Stacked(h.data[probe["name"]])
+    elif h.substitute_fn is not None:
+        value = h.substitute_fn(probe)
+        if value is not None:
+            probe["value"] = value
+
+
+def _condition(h: nh.condition, probe: dict) -> None:
+    value = None
+    if h.data is not None:
+        if probe["name"] in h.data:
+            value = _Stacked(h.data[probe["name"]])
+    elif h.condition_fn is not None:
+        value = h.condition_fn(probe)
+    if value is not None:
+        probe["value"] = value
+        probe["is_observed"] = True
+
+
+def _replay(h: nh.replay, probe: dict) -> None:
+    site = h.trace.get(probe["name"])
+    if site is not None and site["type"] == "sample" and not probe["is_observed"]:
+        probe["value"] = _Stacked(site["value"])
+
+
+def _infer_config(h: nh.infer_config, probe: dict) -> None:
+    h.process_message(probe)
+
+
+# NumPyro's built-in handlers that provide values or metadata, adapted to the loop-site
+# protocol. Every other handler takes part by implementing ``LoopSiteHandler.loop_site``.
+_NUMPYRO_ADAPTERS: dict[type, Callable[[Any, dict], bool | None]] = {
+    nh.block: _block,
+    nh.substitute: _substitute,
+    nh.condition: _condition,
+    nh.replay: _replay,
+    nh.infer_config: _infer_config,
+}
+
+
 def _resolve(handlers: list, probe: dict) -> None:
-    """Let the outer value/metadata providers act on ``probe`` (innermost first)."""
-    address = probe["name"]
+    """Let the outer handlers act on ``probe`` (innermost first; see ``gendsl._messages``)."""
     for h in handlers:
-        if isinstance(h, _ScanFrame):
-            h.resolve_outer(probe)
+        if isinstance(h, LoopSiteHandler):
+            done = h.loop_site(probe)
+        else:
+            adapter = next((a for t, a in _NUMPYRO_ADAPTERS.items() if isinstance(h, t)), None)
+            done = None if adapter is None else adapter(h, probe)
+        if done:
             return
-        if isinstance(h, nh.block):
-            if h.hide_fn(probe):
-                return
-        elif isinstance(h, nh.substitute):
-            if h.data is not None:
-                if address in h.data:
-                    probe["value"] = _Stacked(h.data[address])
-            elif h.substitute_fn is not None:
-                value = h.substitute_fn(probe)
-                if value is not None:
-                    probe["value"] = value
-        elif isinstance(h, nh.condition):
-            value = None
-            if h.data is not None:
-                if address in h.data:
-                    value = _Stacked(h.data[address])
-            elif h.condition_fn is not None:
-                value = h.condition_fn(probe)
-            if value is not None:
-                probe["value"] = value
-                probe["is_observed"] = True
-        elif isinstance(h, nh.replay):
-            site = h.trace.get(address)
-            if site is not None and site["type"] == "sample" and not probe["is_observed"]:
-                probe["value"] = _Stacked(site["value"])
-        elif isinstance(h, (_strategy, nh.infer_config)):
-            h.process_message(probe)
-        elif hasattr(h, "loop_site"):
-            h.loop_site(probe)  # an estimator deciding how gradients flow through the site
-        elif isinstance(h, RequireValues) and probe["value"] is None and not probe["is_observed"]:
-            raise missing_choice(address)
 
 
 class _ScanFrame(Messenger):
@@ -184,15 +214,16 @@ class _ScanFrame(Messenger):
         self.extras: dict[str, Any] = {}
         self._unnamed = 0
 
-    def resolve_outer(self, probe: dict) -> None:
+    def loop_site(self, probe: dict) -> bool:
         """Resolve a probe from a nested loop: prefix it, ask our outer handlers, slice."""
         inner_name = probe["name"]
         probe["name"] = join(self.prefix, inner_name)
-        probe["loop_steps"] = (*probe.get("loop_steps", ()), self.t)
+        probe[LOOP_STEPS] = (*probe.get(LOOP_STEPS, ()), self.t)
         _resolve(self.outer, probe)
         probe["name"] = inner_name
         if isinstance(probe["value"], _Stacked):
             probe["value"] = _Stacked(_at_step(probe["value"].value, self.t))
+        return True  # the handlers outside this loop were asked above
 
     def process_message(self, msg) -> None:
         kind = msg["type"]
@@ -201,7 +232,7 @@ class _ScanFrame(Messenger):
             self._process_sample(msg)
         elif kind in ("prng_key", "plate", "control_flow"):
             if msg["kwargs"].get("rng_key") is None and msg.get("value") is None:
-                address = msg.get("gendsl_address") or msg.get("name")
+                address = msg.get(ADDRESS) or msg.get("name")
                 if address is None:
                     address = f"#{kind}{self._unnamed}"
                     self._unnamed += 1
@@ -215,7 +246,7 @@ class _ScanFrame(Messenger):
 
     def _process_sample(self, msg) -> None:
         address = join(self.prefix, msg["name"])
-        if msg.get("_control_flow_done"):
+        if msg.get(CONTROL_FLOW_DONE):
             return  # a nested loop's replayed site: value already final
         # The key comes first: value providers such as NumPyro's init strategies
         # sample from the site's distribution and need it.
@@ -231,9 +262,9 @@ class _ScanFrame(Messenger):
             "is_observed": msg["is_observed"],
             # NumPyro's substitute_fn-based reparameterizers read this to slice a
             # stacked value at the current step (as for numpyro's own scan).
-            "infer": {**msg["infer"], "_scan_current_index": self.t},
+            "infer": {**msg["infer"], SCAN_INDEX: self.t},
             "cond_indep_stack": msg["cond_indep_stack"],
-            "loop_steps": (self.t,),  # innermost first; enclosing loops append theirs
+            LOOP_STEPS: (self.t,),  # innermost first; enclosing loops append theirs
         }
         _resolve(self.outer, probe)
         value = probe["value"]
@@ -242,10 +273,10 @@ class _ScanFrame(Messenger):
         if value is not None:
             msg["value"] = value
             msg["is_observed"] = probe["is_observed"]
-        probe["infer"].pop("_scan_current_index", None)
+        probe["infer"].pop(SCAN_INDEX, None)
         msg["infer"] = probe["infer"]
-        msg["gendsl_stop_gradient"] = probe.get("stop_gradient", False)
-        msg["gendsl_post"] = probe.get("post", ())
+        msg[STOP_GRADIENT] = probe.get(STOP_GRADIENT, False)
+        msg[POST] = probe.get(POST, ())
         if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
             raise NoKeyError(
                 f"sample site '{address}' needs a random key but none is in scope: use "
@@ -259,7 +290,7 @@ class _ScanFrame(Messenger):
         if kind not in ("sample", "deterministic"):
             return
         name = msg["name"]
-        if msg.get("gendsl_stop_gradient"):
+        if msg.get(STOP_GRADIENT):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
         if name in self.values:
             raise AddressError(
@@ -272,7 +303,7 @@ class _ScanFrame(Messenger):
             return
         # Post-sampling hooks of outer handlers (estimators): they may replace the
         # value (re-execution) and return per-step arrays, emitted as loop outputs.
-        for hook in msg.get("gendsl_post", ()):
+        for hook in msg.get(POST, ()):
             extra = hook(msg)
             if extra is not None:
                 self.extras[name] = extra
@@ -334,7 +365,7 @@ def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any, ex
             "name": address,
             "value": value,
             "cond_indep_stack": [],
-            "_control_flow_done": True,
+            CONTROL_FLOW_DONE: True,
         }
         apply_stack(msg)
         return
@@ -349,8 +380,8 @@ def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any, ex
         "is_observed": meta["is_observed"],
         "intermediates": [],
         "cond_indep_stack": [],
-        "infer": dict(meta["infer"], loop=loop),
-        "_control_flow_done": True,
-        "gendsl_loop_extras": extras,
+        "infer": {**meta["infer"], INFER_LOOP: loop},
+        CONTROL_FLOW_DONE: True,
+        LOOP_EXTRAS: extras,
     }
     apply_stack(msg)

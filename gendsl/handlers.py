@@ -35,7 +35,7 @@ from numpyro.handlers import (
     uncondition,
 )
 
-from gendsl._seed import seed, strategy
+from gendsl._handlers import seed, strategy
 
 __all__ = [
     "block",

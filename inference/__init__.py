@@ -1,14 +1,22 @@
 """Programmable variational inference for gendsl models (installed as ``gendsl.inference``).
 
-Objectives are programs built from ``sim``, ``density``, ``repeat`` and
-``expectation``; each random choice carries a gradient strategy (``REPARAM``,
-``REINFORCE``, ``ENUM``, ``MVD``) and the estimator is derived from them.
+Objectives are programs built from ``sim``, ``density``, ``repeat`` and ``expectation``;
+each random choice carries a gradient strategy (``REPARAM``, ``REINFORCE``, ``ENUM``,
+``MVD``, or your own ``Strategy``) and the estimator is derived from them. ``SVI`` trains
+any objective; ``AutoNormal`` is a guide built from the model. Diffusion and flow objectives
+live in ``gendsl.inference.diffusion``.
 """
 
 from gendsl.inference._arviz import to_inference_data
-from gendsl.inference._constructs import Marginal, Normalized, marginal, normalize
-from gendsl.inference._expectation import Expectation, baselines, density, expectation, repeat, sim
+from gendsl.inference._autoguide import AutoNormal
+from gendsl.inference._enum import ENUM, Enum
+from gendsl.inference._evaluate import BoundEstimates, evaluate_bounds
+from gendsl.inference._expectation import Expectation, expectation
+from gendsl.inference._language import baselines, density, repeat, sim
+from gendsl.inference._marginal import Marginal, Normalized, marginal, normalize
+from gendsl.inference._mvd import MVD, MeasureValued
 from gendsl.inference._objectives import (
+    common_plate,
     diwhvi,
     elbo,
     hvi,
@@ -21,64 +29,26 @@ from gendsl.inference._objectives import (
     sleep,
     vimco,
 )
-from gendsl.inference._strategies import (
-    ENUM,
-    MVD,
-    REINFORCE,
-    REPARAM,
-    Enum,
-    EstimatorError,
-    MeasureValued,
-    Reinforce,
-    Reparam,
-    Strategy,
-)
-from gendsl.inference._svi import SVI, NonFiniteError, SVIRunResult, SVIState
-
-# diffusion (part A)
-# isort: split
-from gendsl.inference._diffusion import (
-    DiffusionELBO,
-    DiffusionStructureError,
-    GaussianChain,
-    diffusion_elbo,
-    gaussian_kl,
-)
-from gendsl.inference._diffusion_continuous import (
-    LearnedSchedule,
-    LinearSchedule,
-    discrete_decoder_log_prob,
-    edm_denoise,
-    edm_loss,
-    edm_precond,
-    edm_weight,
-    gamma_and_derivative,
-    vdm_terms,
-)
-from gendsl.inference._diffusion_guidance import Guided, drop_condition, guided
-from gendsl.inference._diffusion_samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, vp_posterior
-
-# flows and kernels (part B)
-# isort: split
-from gendsl.inference._guidance import dps_guidance, svdd_sample, tweedie_guidance, tweedie_value
-from gendsl.inference._kernels import PFGMPPKernel, pfgmpp_kernel, pfgmpp_loss, pfgmpp_perturb, pfgmpp_r
-from gendsl.inference._ode import denoiser_velocity, ode_log_likelihood, ode_solve, probability_flow
-from gendsl.inference._paths import (
-    denoising_loss,
-    denoising_score_matching,
-    flow_matching,
-    kernel_score,
-    linear_path,
-    path_velocity,
-    stochastic_interpolant,
-    trig_path,
-)
+from gendsl.inference._params import init_params
+from gendsl.inference._reinforce import REINFORCE, Reinforce
+from gendsl.inference._relaxed import Relaxed
+from gendsl.inference._strategies import REPARAM, EstimatorError, Reparam, Site, Strategy
+from gendsl.inference._svi import SVI, ChunkInfo, NonFiniteError, SVIInfo, SVIRunResult, SVIState
 
 __all__ = [
     "SVI",
+    "AutoNormal",
+    "BoundEstimates",
+    "ChunkInfo",
     "NonFiniteError",
+    "Relaxed",
+    "SVIInfo",
     "SVIRunResult",
     "SVIState",
+    "Site",
+    "common_plate",
+    "evaluate_bounds",
+    "init_params",
     "ENUM",
     "MVD",
     "REINFORCE",
@@ -111,49 +81,4 @@ __all__ = [
     "expectation",
     "repeat",
     "sim",
-    # flows and kernels (part B)
-    "PFGMPPKernel",
-    "denoising_loss",
-    "denoising_score_matching",
-    "denoiser_velocity",
-    "dps_guidance",
-    "flow_matching",
-    "kernel_score",
-    "linear_path",
-    "ode_log_likelihood",
-    "ode_solve",
-    "path_velocity",
-    "pfgmpp_kernel",
-    "pfgmpp_loss",
-    "pfgmpp_perturb",
-    "pfgmpp_r",
-    "probability_flow",
-    "stochastic_interpolant",
-    "svdd_sample",
-    "trig_path",
-    "tweedie_guidance",
-    "tweedie_value",
-    # diffusion (part A)
-    "DiffusionELBO",
-    "DiffusionStructureError",
-    "GaussianChain",
-    "Guided",
-    "LearnedSchedule",
-    "LinearSchedule",
-    "ddim_sample",
-    "ddpm_sample",
-    "diffusion_elbo",
-    "discrete_decoder_log_prob",
-    "drop_condition",
-    "edm_denoise",
-    "edm_loss",
-    "edm_precond",
-    "edm_sample",
-    "edm_weight",
-    "gamma_and_derivative",
-    "gaussian_kl",
-    "guided",
-    "karras_sigmas",
-    "vdm_terms",
-    "vp_posterior",
 ]

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 import gendsl
-from gendsl._address import as_key
+from gendsl.internal import as_key
 
 if TYPE_CHECKING:
     import arviz as az

@@ -14,21 +14,14 @@ import jax.numpy as jnp
 
 import gendsl
 from gendsl import handlers
-from gendsl._model import RequireValues
-from gendsl._trace import Recorder
-from gendsl.inference._constructs import Marginal, marginal
-from gendsl.inference._expectation import (
-    Expectation,
-    baselines,
-    density,
-    expectation,
-    repeat,
-    sim,
-    simulate_in_objective,
-)
+from gendsl.inference._expectation import Expectation, expectation
+from gendsl.inference._language import baselines, density, repeat, sim, simulate_in_objective
+from gendsl.inference._marginal import Marginal, marginal
 from gendsl.inference._strategies import REPARAM
+from gendsl.internal import Recorder, RequireValues
 
 __all__ = [
+    "common_plate",
     "diwhvi",
     "elbo",
     "hvi",
@@ -61,9 +54,37 @@ def _models(*programs):
     return tuple(out)
 
 
-def _log_weight(p, q, params, args, kwargs):
-    z, log_q = sim(q.bind(params))(*args, **kwargs)
-    return density(p.bind(params))(z, *args, **kwargs) - log_q
+# Per-data-point forms: with ``plate=None`` a log density is one number for the whole
+# execution; with ``plate="data"`` it is a vector over the plate's elements, read from the
+# trace's plate membership (``Trace.plate_log_density``, an error naming the site when a site
+# lies outside the plate). The multi-particle formulas below then apply per element, with
+# the log-mean-exp over particles on axis 0, and the sum over points last.
+
+
+def _sim(q, plate, args, kwargs):
+    """Draw the guide: ``(latents, log q)``, ``log q`` per element of ``plate`` when given."""
+    if plate is None:
+        return sim(q)(*args, **kwargs)
+    tr = simulate_in_objective(q, None, args, kwargs)
+    return tr.latents, tr.plate_log_density(plate)
+
+
+def _density(m, z, plate, args, kwargs):
+    """``log m(z, data)``, per element of ``plate`` when given."""
+    if plate is None:
+        return density(m)(z, *args, **kwargs)
+    return _scored_trace(m, z, args, kwargs).plate_log_density(plate)
+
+
+def _log_weight(p, q, params, args, kwargs, plate=None, guide_params=None):
+    guide_params = params if guide_params is None else guide_params
+    z, log_q = _sim(q.bind(guide_params), plate, args, kwargs)
+    return _density(p.bind(params), z, plate, args, kwargs) - log_q
+
+
+def _check_plate(name, plate, q):
+    if plate is not None and (not isinstance(plate, str) or isinstance(q, Marginal)):
+        raise ValueError(f"{name}: plate= needs the name of a plate (a str) and a plain (not marginal) guide")
 
 
 def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expectation:
@@ -140,7 +161,7 @@ def iwelbo(model, guide, particles: int, *, estimator: str = "score", plate: str
             ``sum_k w̄_k² ∂ log w_k / ∂z_k ∂z_k/∂φ``; needs REPARAM at every guide site).
         plate: the name of a data plate for the per-data-point bound; every
             site of the model and the guide must be inside it (and the plate
-            must not be subsampled).
+            must not be subsampled). Works with both estimators.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -162,35 +183,26 @@ def iwelbo(model, guide, particles: int, *, estimator: str = "score", plate: str
     p, q = gendsl.model(model), _program(guide)
     if estimator == "dreg":
         q = _all_reparam(q, "iwelbo(estimator='dreg')")
-    if plate is not None and (estimator != "score" or isinstance(q, Marginal)):
-        raise ValueError("iwelbo: plate= needs estimator='score' and a plain (not marginal) guide")
+    _check_plate("iwelbo", plate, q)
+    log_k = jnp.log(particles)
 
     def objective(params, *args, **kwargs):
-        if plate is not None:
-
-            def per_point():
-                tr_q = simulate_in_objective(q.bind(params), None, args, kwargs)
-                tr_p = _scored_trace(p.bind(params), tr_q.latents, args, kwargs)
-                return tr_p.plate_log_density(plate) - tr_q.plate_log_density(plate)
-
-            log_w = repeat(particles, per_point)()  # (particles, points)
-            return jnp.sum(jax.nn.logsumexp(log_w, axis=0) - jnp.log(particles))
         if estimator == "score":
-            log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs))()
-            return jax.nn.logsumexp(log_w) - jnp.log(particles)
+            log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs, plate))()
+            return jnp.sum(jax.nn.logsumexp(log_w, axis=0) - log_k)
 
         def particle():
             z, _ = sim(q.bind(params))(*args, **kwargs)
             # Both densities with stopped parameters: this log weight reaches the
             # guide only through the reparameterized z (the model's own gradient
             # is the separate, self-normalized term below).
-            log_p = density(p.bind(sg(params)))(z, *args, **kwargs)
-            log_q = density(q.bind(sg(params)))(z, *args, **kwargs)
-            return log_p - log_q, density(p.bind(params))(sg(z), *args, **kwargs)
+            log_p = _density(p.bind(sg(params)), z, plate, args, kwargs)
+            log_q = _density(q.bind(sg(params)), z, plate, args, kwargs)
+            return log_p - log_q, _density(p.bind(params), sg(z), plate, args, kwargs)
 
         log_w, log_p_model = repeat(particles, particle)()
-        value = jax.nn.logsumexp(log_w) - jnp.log(particles)
-        w = sg(jax.nn.softmax(log_w))
+        value = jnp.sum(jax.nn.logsumexp(log_w, axis=0) - log_k)
+        w = sg(jax.nn.softmax(log_w, axis=0))
         # Zero in value; gradient = DReG for the guide, sum_k w̄_k ∇θ log p for the model.
         guide_part = jnp.sum(w**2 * (log_w - sg(log_w)))
         model_part = jnp.sum(w * (log_p_model - sg(log_p_model)))
@@ -238,10 +250,17 @@ def vimco(model, guide, particles: int) -> Expectation:
     return expectation(objective, models=_models(p, q))
 
 
-def renyi(model, guide, alpha: float, particles: int) -> Expectation:
+def renyi(model, guide, alpha: float, particles: int, *, plate: str | None = None) -> Expectation:
     """The Rényi variational bound ``1/(1-α) log E_q[(p/q)^(1-α)]`` with ``K`` samples (Li & Turner 2016).
 
     ``alpha = 0`` is IWELBO(K); ``alpha -> 1`` tends to the ELBO.
+
+    Args:
+        model, guide: the programs.
+        alpha: ``α ≠ 1``.
+        particles: ``K``.
+        plate: the name of a data plate for the per-data-point bound (the sum over points
+            of each point's own bound), as in ``iwelbo``; every site must be inside it.
 
     Example:
         >>> import gendsl, gendsl.distributions as dist
@@ -255,10 +274,11 @@ def renyi(model, guide, alpha: float, particles: int) -> Expectation:
     if alpha == 1.0:
         raise ValueError("renyi: alpha = 1 is the ELBO; use elbo(model, guide)")
     p, q = gendsl.model(model), _program(guide)
+    _check_plate("renyi", plate, q)
 
     def objective(params, *args, **kwargs):
-        log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs))()
-        return (jax.nn.logsumexp((1 - alpha) * log_w) - jnp.log(particles)) / (1 - alpha)
+        log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs, plate))()
+        return jnp.sum(jax.nn.logsumexp((1 - alpha) * log_w, axis=0) - jnp.log(particles)) / (1 - alpha)
 
     objective.__name__ = f"renyi{alpha}"
     return expectation(objective, models=_models(p, q))
@@ -339,7 +359,7 @@ def p_wake(model, guide, particles: int) -> Expectation:
     p, q = gendsl.model(model), _program(guide)
 
     def objective(params, *args, **kwargs):
-        log_w = repeat(particles, lambda: _log_weight_split(p, q, params, args, kwargs))()
+        log_w = repeat(particles, lambda: _log_weight(p, q, params, args, kwargs, guide_params=sg(params)))()
         return jax.nn.logsumexp(log_w) - jnp.log(particles)
 
     objective.__name__ = f"p_wake{particles}"
@@ -382,13 +402,19 @@ def q_wake(model, guide, particles: int) -> Expectation:
     return expectation(objective, models=_models(p, q))
 
 
-def rws(model, guide, particles: int) -> Expectation:
+def rws(model, guide, particles: int, *, plate: str | None = None) -> Expectation:
     """Reweighted wake-sleep in one objective: ``p_wake`` for the model, ``q_wake`` for the guide.
 
     The value is ``p_wake``'s (IWELBO(K)); ``q_wake`` enters only through its
     gradient (it is added as ``t - sg(t)``), which reaches only the guide's
     parameters, while ``p_wake``'s reaches only the model's. One optimizer
     can therefore train both.
+
+    Args:
+        model, guide: the programs.
+        particles: ``K``.
+        plate: the name of a data plate: each data point gets its own importance weights
+            and self-normalization (the per-data-point form), as in ``iwelbo``.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -409,17 +435,19 @@ def rws(model, guide, particles: int) -> Expectation:
     """
     _check_particles("rws", particles)
     p, q = gendsl.model(model), gendsl.model(guide)
+    _check_plate("rws", plate, q)
 
     def objective(params, *args, **kwargs):
         # One set of particles serves both phases, as in reweighted wake-sleep.
         def particle():
-            z, log_q_draw = sim(q.bind(sg(params)))(*args, **kwargs)
-            log_w = density(p.bind(params))(z, *args, **kwargs) - log_q_draw
-            return log_w, density(q.bind(params))(sg(z), *args, **kwargs)
+            z, log_q_draw = _sim(q.bind(sg(params)), plate, args, kwargs)
+            log_w = _density(p.bind(params), z, plate, args, kwargs) - log_q_draw
+            return log_w, _density(q.bind(params), sg(z), plate, args, kwargs)
 
         log_w, log_q = repeat(particles, particle)()
-        guide_term = jnp.sum(sg(jax.nn.softmax(log_w)) * log_q)
-        return jax.nn.logsumexp(log_w) - jnp.log(particles) + (guide_term - sg(guide_term))
+        guide_term = jnp.sum(sg(jax.nn.softmax(log_w, axis=0)) * log_q)
+        value = jnp.sum(jax.nn.logsumexp(log_w, axis=0) - jnp.log(particles))
+        return value + (guide_term - sg(guide_term))
 
     objective.__name__ = f"rws{particles}"
     return expectation(objective, models=_models(p, q))
@@ -465,11 +493,6 @@ def _scored_trace(p, choices, args, kwargs) -> gendsl.Trace:
     return rec.trace(retval)
 
 
-def _log_weight_split(p, q, params, args, kwargs):
-    z, log_q = sim(q.bind(sg(params)))(*args, **kwargs)
-    return density(p.bind(params))(z, *args, **kwargs) - log_q
-
-
 def _check_particles(name, particles):
     if not isinstance(particles, int) or particles < 1:
         raise ValueError(f"{name}: particles must be a positive int, got {particles!r}")
@@ -486,3 +509,56 @@ def _split_density(p, z, args, kwargs):
     trace, _ = p.generate(jax.random.key(0), z, *args, **kwargs)
     log_lik = sum((jnp.sum(trace.log_probs[a]) for a in trace.observed), jnp.zeros(()))
     return log_lik, trace.score - log_lik
+
+
+def common_plate(model, guide, *args, key=0, **kwargs) -> str:
+    """The one plate that holds every site of ``model`` and ``guide``: the ``plate=`` of a per-point bound.
+
+    The guide is run once and the model scored at its draws; the plates are read from the
+    traces' plate membership (``Trace.site_plates``), not guessed from array shapes.
+
+    Raises:
+        gendsl.AddressError: no plate holds every site (the error names a site outside the
+            others' plates, e.g. a global latent), or several do (the error names them: pass
+            one as ``plate=``).
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import common_plate
+        >>> @gendsl.model
+        ... def p(x):
+        ...     with gendsl.plate("data", x.shape[0]):
+        ...         z = gendsl.sample("z", dist.Normal(0.0, 1.0))
+        ...         gendsl.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> @gendsl.model
+        ... def q(x):
+        ...     with gendsl.plate("data", x.shape[0]):
+        ...         gendsl.sample("z", dist.Normal(0.0, 1.0))
+        >>> common_plate(p, q, jax.numpy.zeros(4))
+        'data'
+    """
+    q_trace = jax.eval_shape(lambda: gendsl.model(guide).simulate(key, *args, **kwargs))
+    p_trace = _eval_generate(model, q_trace, key, args, kwargs)
+    common = None
+    for trace, who in ((p_trace, "model"), (q_trace, "guide")):
+        for address, plates in trace.site_plates:
+            names = {name for name, _ in plates}
+            if common is not None and not (common & names):
+                raise gendsl.AddressError(
+                    f"no plate holds every site: the {who}'s site '{address}' is in plates {sorted(names) or 'none'}, "
+                    f"the others in {sorted(common)}; a per-data-point bound needs every latent and observed site "
+                    "inside one data plate (use the bound of the whole data instead)"
+                )
+            common = names if common is None else common & names
+    if not common:
+        raise gendsl.AddressError("no plate holds every site of the model and the guide; a per-data-point bound "
+                                  "needs one data plate around every site")
+    if len(common) > 1:
+        raise gendsl.AddressError(f"every site is inside each of the plates {sorted(common)}; the per-data-point "
+                                  "plate is ambiguous: pass the data plate's name as plate=")
+    return next(iter(common))
+
+
+def _eval_generate(model, q_trace, key, args, kwargs):
+    choices = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), q_trace.latents)
+    return jax.eval_shape(lambda c: gendsl.model(model).generate(key, c, *args, **kwargs)[0], choices)

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 from jax.extend.core import ClosedJaxpr, Literal, Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
+from gendsl.internal import site_log_prob_p
+
 __all__ = ["analyze", "costs", "score_site", "tag_p"]
 
 # ----------------------------------------------------------------------------- the tag
@@ -207,7 +209,7 @@ class _Analysis:
         rank = len(getattr(out_avals[0], "shape", ())) if out_avals else 0
         if eqn.primitive is tag_p:
             return [self._tag(eqn, ins[0], depth)]
-        if name == "gendsl_site_log_prob":  # identity; one site's log density stays one leaf
+        if eqn.primitive is site_log_prob_p:  # identity; one site's log density stays one leaf
             return [ins[0]]
         if name in _ELEMENTWISE:
             shifted = []

@@ -1,9 +1,8 @@
 """Gradient strategies: how the derivative of an expectation flows through one site.
 
-A strategy is attached to a sample site with ``gendsl.sample(..., strategy=S)``
-or from outside with ``gendsl.handlers.strategy(model, rules={"z*": S})``.
-Strings are accepted as shorthand: ``"reparam"``, ``"reinforce"``, ``"enum"``,
-``"mvd"``.
+A strategy is attached to a sample site with ``gendsl.sample(..., strategy=S)`` or from
+outside with ``gendsl.handlers.strategy(model, rules={"z*": S})``. Registered names are
+accepted as shorthand: ``"reparam"``, ``"reinforce"``, ``"enum"``, ``"mvd"``, ``"relaxed"``.
 
 ============  ==========================================================  ==========================
 strategy      gradient                                                     sites
@@ -15,138 +14,135 @@ ENUM          exact sum over the support for an unbatched site; for a     finite
               batched site, the local expectation per element
 MVD           measure-valued derivative (weak derivative pairs)           Bernoulli, Categorical,
                                                                            Normal, Poisson, Geometric
+Relaxed       Gumbel-softmax (binary Concrete) relaxation: *biased*,      Bernoulli
+              refused unless ``allow_bias=True``
 ============  ==========================================================  ==========================
 
-The default is REPARAM where the distribution supports it, otherwise
-REINFORCE with an exponential-moving-average baseline.
+The default is REPARAM where the distribution supports it, otherwise REINFORCE with an
+exponential-moving-average baseline.
+
+**A strategy carries its behaviour.** The site handler (``_sites``) resolves a site's
+strategy and makes one call on it; everything a strategy does lives in its class:
+
+* ``check(fn, address)``: refuse a site it cannot handle without bias (``EstimatorError``
+  naming the site and the fix);
+* ``sample_site(site, msg)``: a site drawn by ``sim``, after sampling: stop or replace the
+  value, register score terms or branches in ``site.execution``;
+* ``loop_site(site, probe)`` / ``loop_site_done(site, msg)``: the same for a site of a
+  ``gendsl.scan`` body, once while the body is traced (through the probe's
+  ``STOP_GRADIENT`` and ``POST`` hooks) and once for the stacked site after the loop.
+
+Adding a strategy is one subclass in one file: ``class Mine(Strategy, name="mine")``
+registers the shorthand ``"mine"`` too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from numpyro.distributions import Distribution
 
 from gendsl import GendslError
+from gendsl.inference._execution import Execution
 
-__all__ = [
-    "ENUM",
-    "MVD",
-    "REINFORCE",
-    "REPARAM",
-    "Enum",
-    "EstimatorError",
-    "MeasureValued",
-    "Reinforce",
-    "Reparam",
-    "Strategy",
-]
+__all__ = ["REPARAM", "EstimatorError", "Reparam", "Site", "Strategy", "resolve"]
 
 
 class EstimatorError(GendslError, ValueError):
     """A site's gradient cannot be estimated without bias with the chosen strategy."""
 
 
-class Strategy:
-    """Base class of gradient strategies."""
-
-
 @dataclasses.dataclass(frozen=True)
-class Reparam(Strategy):
-    """Pathwise gradient through a reparameterized sample."""
+class Site:
+    """What a strategy is told about the site it handles.
 
-
-@dataclasses.dataclass(frozen=True)
-class Reinforce(Strategy):
-    """Score-function gradient with a baseline.
-
-    Args:
-        baseline: ``None`` (no baseline); a number (a constant baseline);
-            ``"ema"`` (exponential moving average of past objective values,
-            carried in the SVI state; zero in a one-off estimate); or ``"loo"``
-            (leave-one-out: the mean of the other replicates when the estimate
-            averages ``samples > 1`` independent replicates). Every one of these
-            is independent of the current sample, so the estimator stays unbiased.
-            With dependency tracking, the baseline is per element of the site and
-            is subtracted from the element's own cost: an EMA or LOO baseline is
-            kept per element, a callable may return an array that broadcasts
-            against the site's elements (e.g. one baseline per data point) and
-            is fitted to the elements' costs.
-        decay: the EMA decay.
-        track_dependencies: pair the site's score only with the parts of the
-            objective that depend on it (found from the program's jaxpr; see
-            ``gendsl.inference._provenance``): per data point in a plate, per
-            step and later steps in a loop. ``False`` pairs every element's
-            score with the whole objective, which is also unbiased but has more
-            variance (for comparison and debugging).
-
-    Example:
-        >>> from gendsl.inference import Reinforce
-        >>> Reinforce(baseline="loo")
-        Reinforce(baseline='loo', decay=0.9, track_dependencies=True)
+    Attributes:
+        address: the site's address inside the objective (``sim0/z``, ``repeat0/sim0/z``).
+        execution: the record of the running execution (see ``_execution``).
+        score_paths: False when the objective lets score-function sites drop the zero-mean
+            gradient of ``log q`` in the distribution's parameters (the ELBO does).
     """
 
-    baseline: Any = "ema"
-    decay: float = 0.9
-    track_dependencies: bool = True
+    address: str
+    execution: Execution
+    score_paths: bool = True
 
-    def __post_init__(self):
-        b = self.baseline
-        ok = b is None or callable(b) or isinstance(b, (int, float)) or b in ("ema", "loo")
-        if not ok:
-            raise ValueError(
-                f"Reinforce: baseline must be None, a number, 'ema', 'loo' or a callable "
-                f"(params, *args) -> scalar, got {b!r}"
+
+class Strategy:
+    """Base class of gradient strategies; see the module docstring for the interface.
+
+    The base implementation is the pathwise gradient: nothing to do at any site.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference import Strategy, expectation, sim
+        >>> class Frozen(Strategy, name="frozen"):  # no gradient through the site (biased!)
+        ...     def sample_site(self, site, msg):
+        ...         msg["value"] = jax.lax.stop_gradient(msg["value"])
+        >>> @gendsl.model
+        ... def q(mu):
+        ...     gendsl.sample("z", dist.Normal(mu, 1.0), strategy="frozen")
+        >>> float(expectation(lambda mu: sim(q)(mu)[0]["z"]).grad(jax.random.key(0), 1.0))
+        0.0
+    """
+
+    registry: ClassVar[dict[str, Strategy]] = {}
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            # The shorthand names the default-configured strategy.
+            Strategy.registry[name.lower()] = cls
+
+    def check(self, fn: Distribution, address: str) -> None:
+        """Raise ``EstimatorError`` if this strategy cannot handle a site with distribution ``fn``."""
+
+    def sample_site(self, site: Site, msg: dict) -> None:
+        """Handle a latent site drawn by ``sim``, after it was sampled (``msg["value"]`` is set)."""
+
+    def loop_site(self, site: Site, probe: dict) -> None:
+        """Handle a latent site of a ``gendsl.scan`` body, before it is sampled (see ``gendsl.internal``)."""
+
+    def loop_site_done(self, site: Site, msg: dict) -> None:
+        """Handle the stacked loop site after the loop (its ``LOOP_EXTRAS`` hold what ``POST`` hooks returned)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reparam(Strategy, name="reparam"):
+    """Pathwise gradient through a reparameterized sample."""
+
+    def check(self, fn: Distribution, address: str) -> None:
+        if not fn.has_rsample:
+            raise EstimatorError(
+                f"site '{address}': REPARAM needs a reparameterizable distribution, but "
+                f"{type(fn).__name__} has none; use strategy=ENUM (finite support), MVD or REINFORCE"
             )
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"Reinforce: decay must be in [0, 1), got {self.decay}")
-        if not isinstance(self.track_dependencies, bool):
-            raise ValueError(f"Reinforce: track_dependencies must be True or False, got {self.track_dependencies!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Enum(Strategy):
-    """Enumerate a finite-support site (exact sum, or local expectation when batched)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MeasureValued(Strategy):
-    """Measure-valued derivative (weak derivative decomposition) of the site."""
 
 
 REPARAM = Reparam()
-REINFORCE = Reinforce()
-ENUM = Enum()
-MVD = MeasureValued()
 
-_NAMES = {"reparam": REPARAM, "reinforce": REINFORCE, "enum": ENUM, "mvd": MVD}
+
+def _named(name: str, address: str) -> Strategy:
+    cls = Strategy.registry.get(name.lower())
+    if cls is None:
+        raise EstimatorError(
+            f"site '{address}': unknown strategy {name!r}; use one of {sorted(Strategy.registry)} "
+            "or a gendsl.inference strategy object"
+        )
+    return cls()
 
 
 def resolve(strategy: Any, fn: Distribution, address: str) -> Strategy:
-    """The strategy to use at ``address``, checked against its distribution."""
+    """The strategy to use at ``address`` (default, name or object), checked against its distribution."""
     if strategy is None:
-        return REPARAM if fn.has_rsample else REINFORCE
-    if isinstance(strategy, str):
-        if strategy.lower() not in _NAMES:
-            raise EstimatorError(
-                f"site '{address}': unknown strategy {strategy!r}; use one of {sorted(_NAMES)} "
-                "or a gendsl.inference strategy object"
-            )
-        strategy = _NAMES[strategy.lower()]
+        strategy = REPARAM if fn.has_rsample else _named("reinforce", address)
+    elif isinstance(strategy, str):
+        strategy = _named(strategy, address)
     if not isinstance(strategy, Strategy):
         raise EstimatorError(
-            f"site '{address}': expected a gradient strategy (REPARAM, REINFORCE, ENUM, MVD), "
-            f"got {strategy!r}"
+            f"site '{address}': expected a gradient strategy (REPARAM, REINFORCE, ENUM, MVD, or a "
+            f"gendsl.inference.Strategy), got {strategy!r}"
         )
-    if isinstance(strategy, Reparam) and not fn.has_rsample:
-        raise EstimatorError(
-            f"site '{address}': REPARAM needs a reparameterizable distribution, but "
-            f"{type(fn).__name__} has none; use strategy=ENUM (finite support), MVD or REINFORCE"
-        )
-    if isinstance(strategy, Enum) and not fn.has_enumerate_support:
-        raise EstimatorError(
-            f"site '{address}': ENUM needs a finite support, {type(fn).__name__} has none; "
-            "use REINFORCE or MVD"
-        )
+    strategy.check(fn, address)
     return strategy

@@ -1,49 +1,117 @@
-"""Stochastic variational inference: pure ``init`` / ``step``, and a chunked ``run``.
+"""Stochastic variational inference: pure ``init`` / ``step``, and one chunked runner ``run``.
 
-``SVI(objective, optimizer)`` maximizes an ``Expectation`` with any optax
-transformation. Parameters are optimized in unconstrained space (each
-``gendsl.param``'s constraint gives the bijection); the objective always sees
-constrained values.
+``SVI(objective, optimizer)`` maximizes an ``Expectation`` with any optax transformation.
+Parameters are optimized in unconstrained space (each ``gendsl.param``'s constraint gives the
+bijection, carried as static data in the state); the objective always sees constrained values,
+``svi.get_params(state)``.
 
-``step`` is a pure function ``(state, *args) -> (state, info)``: jit it once.
-``run`` scans ``chunk_size`` steps per compiled call (one host sync per chunk,
-not per step), draws minibatches inside the scan, shows a progress bar, and
-stops at the first non-finite objective or gradient, keeping the last finite
-state.
+* ``init(key, *args) -> SVIState`` and ``step(state, *args) -> (SVIState, SVIInfo)`` are pure
+  functions of their inputs (the ``SVI`` object only holds configuration): jit ``step`` once.
+* With ``per_point=True`` the objective is applied to each data point of the first argument
+  separately and the results summed (the minibatch surrogate): one gradient of the summed
+  surrogates, not one gradient per point.
+* ``run`` scans ``chunk_size`` steps per compiled call (one compilation for the whole run, one
+  host sync per chunk), draws the minibatch of global step ``t`` from ``fold_in(batch_key, t)``
+  (so a run resumed from a saved state continues bit for bit), calls a callback after each
+  chunk (checkpoints, metrics, signals), and stops at the first non-finite objective or
+  gradient, keeping the last finite state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from numpyro.distributions import biject_to
 
-from gendsl._address import as_key
-from gendsl._errors import GendslError
-from gendsl.inference._expectation import Expectation, expectation
+from gendsl import GendslError
+from gendsl.inference._estimator import value_and_grad
+from gendsl.inference._expectation import Expectation
+from gendsl.inference._params import init_params, strongly_typed, transforms
+from gendsl.internal import as_key
 
-__all__ = ["SVI", "SVIRunResult", "SVIState", "NonFiniteError"]
+__all__ = ["SVI", "ChunkInfo", "NonFiniteError", "SVIInfo", "SVIRunResult", "SVIState"]
+
 
 
 class NonFiniteError(GendslError, FloatingPointError):
-    """The objective or its gradient became NaN or infinite."""
+    """The objective or its gradient became NaN or infinite.
+
+    Attributes:
+        step: the (1-based, global) step whose objective or gradient was not finite.
+        value: the objective estimate at that step.
+        result: an ``SVIRunResult`` with the last finite state.
+    """
+
+    def __init__(self, message: str, *, step: int, value: float, result: SVIRunResult) -> None:
+        super().__init__(message)
+        self.step = step
+        self.value = value
+        self.result = result
+
+
+class _Bijections:
+    """The parameters' bijections, static in the state (compared by identity: they do not hash)."""
+
+    def __init__(self, table: dict) -> None:
+        self.table = table
+
+    def constrain(self, params: dict) -> dict:
+        return {k: (self.table[k](v) if k in self.table else v) for k, v in params.items()}
+
+    def unconstrain(self, params: dict) -> dict:
+        return {k: (self.table[k].inv(v) if k in self.table else v) for k, v in params.items()}
 
 
 class SVIState(eqx.Module):
-    """The state of SVI: unconstrained parameters, optimizer state, baselines, key, step."""
+    """The state of SVI: unconstrained parameters, optimizer state, baselines, key, step count.
+
+    Attributes:
+        params: unconstrained parameters (``SVI.get_params`` gives the constrained ones).
+        opt_state: the optax state.
+        baselines: EMA baselines of the REINFORCE sites, by address.
+        key: the key of the next step's estimate.
+        step: the number of steps taken.
+    """
 
     params: dict
     opt_state: Any
     baselines: dict
     key: jax.Array
     step: jax.Array
+    bijections: _Bijections = eqx.field(static=True)
+
+
+class SVIInfo(NamedTuple):
+    """What one step reports.
+
+    Attributes:
+        objective: the objective's estimate at the parameters before the step.
+        finite: whether it and the gradient were finite (if not, the state is unchanged).
+    """
+
+    objective: jax.Array
+    finite: jax.Array
+
+
+class ChunkInfo(NamedTuple):
+    """What ``SVI.run`` hands its callback after each chunk.
+
+    Attributes:
+        state: the state after the chunk.
+        step: its global step count.
+        objective: the objective at each step of the chunk (numpy array).
+    """
+
+    state: SVIState
+    step: int
+    objective: np.ndarray
 
 
 @dataclasses.dataclass
@@ -53,24 +121,31 @@ class SVIRunResult:
     Attributes:
         state: the final (or last finite) state.
         params: its constrained parameters.
-        objective: objective estimate at every completed step (numpy array).
-        steps_per_second: throughput after compilation.
+        objective: objective estimate at every completed step of this run (numpy array).
+        steps_per_second: throughput after the first chunk (which includes compilation).
+        stopped: True when the callback stopped the run early.
     """
 
     state: SVIState
     params: dict
     objective: np.ndarray
     steps_per_second: float
+    stopped: bool = False
 
 
 class SVI:
     """Maximize an objective with stochastic gradients.
 
     Args:
-        objective: an ``Expectation`` (``elbo(model, guide)``, ``iwelbo(...)``, or
-            ``expectation(f, models=...)``).
+        objective: an ``Expectation`` (``elbo(model, guide)``, ``iwelbo(...)``, a diffusion
+            objective, or ``expectation(f, models=...)``).
         optimizer: an optax gradient transformation.
         samples: independent replicates averaged per step (enables ``"loo"`` baselines).
+        per_point: apply the objective to each data point (the leading axis of the first
+            argument) separately and sum: the minibatch surrogate of a sum over data points
+            of a per-point objective (VIMCO, or a user objective, on one point at a time).
+            Objectives that have a batched per-point form (``iwelbo(..., plate=...)``) are
+            faster with it.
 
     Example:
         >>> import jax, optax, gendsl, gendsl.distributions as dist
@@ -90,97 +165,81 @@ class SVI:
         True
     """
 
-    def __init__(self, objective: Expectation, optimizer: optax.GradientTransformation, *, samples: int = 1):
+    def __init__(self, objective: Expectation, optimizer: optax.GradientTransformation, *, samples: int = 1,
+                 per_point: bool = False):
         if not isinstance(objective, Expectation):
             raise TypeError(
                 f"SVI: expected an objective built with gendsl.inference (elbo, iwelbo, expectation), "
                 f"got {type(objective).__name__}"
             )
+        if not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"SVI: samples must be a positive int, got {samples!r}")
         self.objective = objective
         self.optimizer = optimizer
         self.samples = samples
-        self._transforms: dict[str, Any] | None = None
+        self.per_point = bool(per_point)
 
-    # -- parameters ------------------------------------------------------------------------
-
-    def constrain(self, params: dict) -> dict:
-        """Map unconstrained parameters to the values the objective sees."""
-        t = self._require_init()
-        return {k: (t[k](v) if k in t else v) for k, v in params.items()}
-
-    def _require_init(self) -> dict:
-        if self._transforms is None:
-            raise GendslError("SVI: call svi.init(key, *args) before step/run/constrain")
-        return self._transforms
+    # -- state ---------------------------------------------------------------------------
 
     def init(self, key, *args, params: dict | None = None, **kwargs) -> SVIState:
         """The initial state.
 
         Args:
             key: PRNG key.
-            *args, **kwargs: the objective's arguments (e.g. the data).
-            params: initial constrained parameters; by default from the models'
-                ``gendsl.param`` / ``gendsl.module`` initializers.
+            *args, **kwargs: the objective's arguments (e.g. the data, or a minibatch of it).
+            params: initial constrained parameters; by default ``init_params(objective, ...)``.
         """
         key = as_key(key)
         k_init, k_run = jax.random.split(key)
-        init, constraints = ({}, {}) if params is not None else self.objective.init_params(k_init, *args, **kwargs)
-        if params is not None:
+        if params is None:
+            init, constraints = init_params(self.objective, k_init, *args, **kwargs)
+        else:
             init = dict(params)
             try:
-                constraints = self.objective.init_params(k_init, *args, **kwargs)[1]
+                constraints = init_params(self.objective, k_init, *args, **kwargs)[1]
             except ValueError:
                 constraints = {}
-        self._transforms = {
-            k: biject_to(c) for k, c in constraints.items() if c is not None and k in init and _is_array(init[k])
-        }
-        unconstrained = {k: (self._transforms[k].inv(v) if k in self._transforms else v) for k, v in init.items()}
-        # Strongly typed leaves: a weakly typed float from a Python literal would
-        # become strong after the first update and retrace the jitted step.
-        unconstrained = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), unconstrained)
-        # Find the sites with EMA baselines now, so that the state's structure
-        # never changes between steps (a change would retrace the jitted step).
-        shapes = jax.eval_shape(
-            lambda u: self._objective_u().value_and_grad_with_baselines(
-                k_run, u, *args, baselines={}, samples=self.samples, **kwargs
-            )[2],
-            unconstrained,
-        )
+        bijections = _Bijections(transforms(init, constraints))
+        unconstrained = strongly_typed(bijections.unconstrain(init))
+        # Find the sites with EMA baselines now, so that the state's structure never changes
+        # between steps (a change would retrace the jitted step).
+        shapes = jax.eval_shape(lambda u: self._estimate(bijections, k_run, u, {}, args, kwargs)[2], unconstrained)
         baselines = {a: jnp.zeros(s.shape, s.dtype) for a, s in shapes.items()}
-        return SVIState(unconstrained, self.optimizer.init(unconstrained), baselines, k_run, jnp.zeros((), jnp.int32))
+        return SVIState(unconstrained, self.optimizer.init(unconstrained), baselines, k_run,
+                        jnp.zeros((), jnp.int32), bijections)
 
-    # -- one step --------------------------------------------------------------------------
+    def get_params(self, state: SVIState) -> dict:
+        """The constrained parameters of ``state`` (what the objective sees)."""
+        return state.bijections.constrain(state.params)
 
-    def _objective_u(self) -> Expectation:
+    # -- one step ------------------------------------------------------------------------
+
+    def _estimate(self, bijections, key, u, ema, args, kwargs):
+        """``(value, grads, new EMA baselines)`` at unconstrained parameters ``u``."""
         fn = self.objective.fn
 
-        def in_unconstrained(u, *args, **kwargs):
-            return fn(self.constrain(u), *args, **kwargs)
+        def in_unconstrained(p, *a, **kw):
+            return fn(bijections.constrain(p), *a, **kw)
 
-        return expectation(in_unconstrained)
+        return value_and_grad(in_unconstrained, u, args, kwargs, key, ema, self.samples, per_point=self.per_point)
 
-    def step(self, state: SVIState, *args, **kwargs) -> tuple[SVIState, dict]:
+    def step(self, state: SVIState, *args, **kwargs) -> tuple[SVIState, SVIInfo]:
         """One optimization step: ``(state, *args) -> (state, info)``. Pure; jit it once.
 
-        ``info`` holds ``objective`` (the estimate at the pre-step parameters)
-        and ``finite`` (whether it and the gradient were finite; if not, the
-        state is returned unchanged).
+        A non-finite objective or gradient leaves the state unchanged (``info.finite`` is False).
         """
-        self._require_init()
         key, sub = jax.random.split(state.key)
-        value, grads, baselines = self._objective_u().value_and_grad_with_baselines(
-            sub, state.params, *args, baselines=state.baselines, samples=self.samples, **kwargs
-        )
+        value, grads, baselines = self._estimate(state.bijections, sub, state.params, state.baselines, args, kwargs)
         neg = jax.tree_util.tree_map(jnp.negative, grads)  # optax minimizes
         updates, opt_state = self.optimizer.update(neg, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(value) & _all_finite(grads)
-        new = SVIState(params, opt_state, baselines, key, state.step + 1)
-        kept = SVIState(state.params, state.opt_state, state.baselines, key, state.step)
+        new = SVIState(params, opt_state, baselines, key, state.step + 1, state.bijections)
+        kept = SVIState(state.params, state.opt_state, state.baselines, key, state.step, state.bijections)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, kept)
-        return new, {"objective": value, "finite": finite}
+        return new, SVIInfo(value, finite)
 
-    # -- many steps ------------------------------------------------------------------------
+    # -- many steps ----------------------------------------------------------------------
 
     def run(
         self,
@@ -191,28 +250,41 @@ class SVI:
         chunk_size: int = 100,
         progress: bool = True,
         state: SVIState | None = None,
+        callback: Callable[[ChunkInfo], bool | None] | None = None,
+        align: int | None = None,
         **kwargs,
     ) -> SVIRunResult:
-        """Run ``num_steps`` steps, ``chunk_size`` per compiled ``lax.scan``.
+        """Take ``num_steps`` steps, ``chunk_size`` per compiled ``lax.scan``.
 
         Args:
-            key: PRNG key (for init and minibatches).
-            num_steps: total steps.
-            *args: the objective's arguments; with ``batch_size``, the first
-                one is the data (an array or pytree of arrays with a shared
-                leading axis) and each step sees a random minibatch of it.
-            batch_size: minibatch size (None: full data every step).
-            chunk_size: steps per compiled call; the progress bar and the
+            key: PRNG key; ``init_key, batch_key = jax.random.split(key)``: the state starts
+                from ``init_key`` (unless ``state`` is given) and the minibatch of global
+                step ``t`` is drawn with ``fold_in(batch_key, t)``.
+            num_steps: steps to take in this call.
+            *args: the objective's arguments; with ``batch_size``, the first one is the data
+                (an array or pytree of arrays with a shared leading axis) and each step sees
+                a random minibatch of it.
+            batch_size: minibatch size (None: all the data every step).
+            chunk_size: steps per compiled call; the callback, the progress bar and the
                 non-finite check run once per chunk.
             progress: show a progress bar.
             state: continue from this state instead of initializing.
+            callback: called with a ``ChunkInfo`` after every chunk; returning True stops
+                the run after that chunk (``result.stopped``).
+            align: also end chunks at global steps that are multiples of ``align`` (e.g. a
+                checkpoint interval), so that the callback sees those states.
 
         Raises:
-            NonFiniteError: the objective or gradient became non-finite; the
-                error's ``result`` attribute holds the last finite state.
+            NonFiniteError: the objective or gradient became non-finite; the callback has
+                seen the steps before it, and the error's ``result`` holds the last finite
+                state.
         """
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"run: num_steps must be a positive int, got {num_steps!r}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"run: chunk_size must be a positive int, got {chunk_size!r}")
+        if align is not None and (not isinstance(align, int) or align < 1):
+            raise ValueError(f"run: align must be a positive int, got {align!r}")
         key = as_key(key)
         k_init, k_batches = jax.random.split(key)
         data, rest = (args[0], args[1:]) if args else (None, ())
@@ -226,77 +298,81 @@ class SVI:
         if state is None:
             first = _take(data, jnp.arange(batch_size)) if batch_size else data
             state = self.init(k_init, *((first, *rest) if args else ()), **kwargs)
-        chunk = jax.jit(self._make_chunk(batch_size, n_data, kwargs), static_argnums=2)
+        length = min(chunk_size, num_steps)
+        chunk = jax.jit(self._make_chunk(batch_size, n_data, length, kwargs))
 
-        values, done, t0, compiled_at = [], 0, time.perf_counter(), None
+        values: list[float] = []
+        done, stopped, compiled_at = 0, False, None
         bar = _progress(num_steps, progress)
         try:
-            while done < num_steps:
-                length = min(chunk_size, num_steps - done)
-                new_state, info = chunk(state, (k_batches, data, rest), length)
-                objective = np.asarray(info["objective"])
-                finite = np.asarray(info["finite"])
+            while done < num_steps and not stopped:
+                at = int(state.step)
+                n_valid = min(length, num_steps - done)
+                if align is not None:
+                    n_valid = min(n_valid, (at // align + 1) * align - at)
+                new_state, objective, finite = chunk(state, (k_batches, data, rest), n_valid)
+                objective = np.asarray(objective)[:n_valid]
+                finite = np.asarray(finite)[:n_valid]
                 if compiled_at is None:
-                    compiled_at = (time.perf_counter(), done + length)
+                    compiled_at = (time.perf_counter(), done + n_valid)
                 if not finite.all():
-                    bad = int(np.argmin(finite))
-                    values.extend(objective[:bad].tolist())
-                    result = self._result(new_state, values, t0, compiled_at)
-                    err = NonFiniteError(
-                        f"objective or gradient is not finite at step {done + bad + 1}; "
-                        f"stopped, keeping the parameters of step {done + bad} (lower the learning "
-                        "rate, or check the model's support and initialization)"
+                    good = int(np.argmin(finite))
+                    values.extend(objective[:good].tolist())
+                    if callback is not None and good:
+                        callback(ChunkInfo(new_state, at + good, objective[:good]))
+                    result = self._result(new_state, values, compiled_at, False)
+                    raise NonFiniteError(
+                        f"objective or gradient is not finite at step {at + good + 1}; stopped, keeping the "
+                        f"parameters of step {at + good} (lower the learning rate, or check the model's support "
+                        "and initialization)",
+                        step=at + good + 1, value=float(objective[good]), result=result,
                     )
-                    err.result = result
-                    raise err
                 values.extend(objective.tolist())
-                state, done = new_state, done + length
-                bar.update(length)
+                state, done = new_state, done + n_valid
+                if callback is not None:
+                    stopped = bool(callback(ChunkInfo(state, at + n_valid, objective)))
+                bar.update(n_valid)
                 bar.set_postfix(objective=f"{np.mean(objective):.4g}")
         finally:
             bar.close()
-        return self._result(state, values, t0, compiled_at)
+        return self._result(state, values, compiled_at, stopped)
 
-    def _make_chunk(self, batch_size, n_data, kwargs):
-        def chunk(state, inputs, length):
+    def _make_chunk(self, batch_size, n_data, length, kwargs):
+        def chunk(state, inputs, n_valid):
             key, data, rest = inputs
 
             def body(carry, i):
                 s, alive = carry
+                active = alive & (i < n_valid)
                 if batch_size:
-                    # Indexed by the global step, so a run continued from a saved
-                    # state draws the same minibatches as an uninterrupted one.
-                    step_key = jax.random.fold_in(key, s.step)
-                    idx = jax.random.choice(step_key, n_data, (batch_size,), replace=False)
+                    # Indexed by the global step, so a run continued from a saved state
+                    # draws the same minibatches as an uninterrupted one.
+                    idx = jax.random.choice(jax.random.fold_in(key, s.step), n_data, (batch_size,), replace=False)
                     args = (_take(data, idx), *rest)
                 else:
                     args = (data, *rest) if data is not None else ()
                 new, info = self.step(s, *args, **kwargs)
-                alive = alive & info["finite"]
-                new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, s)
-                return (new, alive), {"objective": info["objective"], "finite": alive}
+                keep = active & info.finite
+                s = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s)
+                return (s, alive & (info.finite | ~active)), (info.objective, info.finite | ~active)
 
-            (state, _), info = jax.lax.scan(body, (state, jnp.array(True)), jnp.arange(length))
-            return state, info
+            (state, _), (objective, finite) = jax.lax.scan(body, (state, jnp.array(True)), jnp.arange(length))
+            return state, objective, finite
 
         return chunk
 
-    def _result(self, state, values, t0, compiled_at) -> SVIRunResult:
+    def _result(self, state, values, compiled_at, stopped) -> SVIRunResult:
         rate = float("nan")
         if compiled_at is not None:
             elapsed = time.perf_counter() - compiled_at[0]
             remaining = len(values) - compiled_at[1]
             if elapsed > 0 and remaining > 0:
                 rate = remaining / elapsed
-        return SVIRunResult(state, self.constrain(state.params), np.asarray(values), rate)
+        return SVIRunResult(state, self.get_params(state), np.asarray(values), rate, stopped)
 
 
 def _take(data, idx):
     return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), data)
-
-
-def _is_array(x) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, float, int))
 
 
 def _all_finite(tree) -> jax.Array:

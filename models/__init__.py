@@ -1,35 +1,20 @@
 """Models from the literature written as gendsl programs (installed as gendsl.models)."""
 
-# flows and kernels (part B)
-# isort: split
-from gendsl.models.flow_matching import FlowMatching, TimeMLP, coupling_path, energy_distance, mmd
-from gendsl.models.pfgmpp import PFGMPP, edm_sigmas
-
-# diffusion (part A)
-# isort: split
+from gendsl.models._nets import TimeMLP
+from gendsl.models.air import AIR, AIRConfig, make_air
 from gendsl.models.ddpm import DDPM, linear_alpha_bar, vp_forward, vp_reverse
 from gendsl.models.diffusevae import DiffuseVAE
 from gendsl.models.edm import EDM
+from gendsl.models.flow_matching import FlowMatching, coupling_path, energy_distance, mmd
+from gendsl.models.pfgmpp import PFGMPP, edm_sigmas
 from gendsl.models.vdm import VDM
 
-# Attend-Infer-Repeat (benchmarks issue, Table 2)
-# isort: split
-from gendsl.models.air import AIR, AIRConfig, make_air
-
 __all__ = [
-    # Attend-Infer-Repeat
+    # structured latent-variable models: Attend-Infer-Repeat
     "AIR",
     "AIRConfig",
     "make_air",
-    # flows and kernels (part B)
-    "FlowMatching",
-    "PFGMPP",
-    "TimeMLP",
-    "coupling_path",
-    "edm_sigmas",
-    "energy_distance",
-    "mmd",
-    # diffusion (part A)
+    # diffusion models
     "DDPM",
     "DiffuseVAE",
     "EDM",
@@ -37,4 +22,14 @@ __all__ = [
     "linear_alpha_bar",
     "vp_forward",
     "vp_reverse",
+    # flows and Poisson flows
+    "FlowMatching",
+    "PFGMPP",
+    "coupling_path",
+    "edm_sigmas",
+    # the shared time-conditioned network
+    "TimeMLP",
+    # sample-quality metrics
+    "energy_distance",
+    "mmd",
 ]

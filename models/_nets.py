@@ -1,4 +1,4 @@
-"""Small networks shared by the diffusion models: an MLP on (state, time, optional class).
+"""Small networks shared by the diffusion and flow models: an MLP and a CNN on (state, time, optional condition).
 
 Kept small on purpose: the paper models in ``gendsl.models`` train on a CPU.
 """
@@ -10,17 +10,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TimeMLP", "fourier_time"]
+__all__ = ["TimeConv", "TimeMLP", "fourier_time", "static_part"]
 
 
-def fourier_time(t, features: int = 16) -> jax.Array:
-    """Sinusoidal features of a time ``t`` in [0, 1] (frequencies 1 to 1000, geometric).
+def fourier_time(t, features: int = 16, max_frequency: float = 1000.0) -> jax.Array:
+    """Sinusoidal features of a time ``t`` in [0, 1] (frequencies 1 to ``max_frequency``, geometric).
 
     Example:
         >>> fourier_time(0.5).shape
         (16,)
     """
-    freqs = jnp.exp(jnp.linspace(0.0, jnp.log(1000.0), features // 2))
+    freqs = jnp.exp(jnp.linspace(0.0, jnp.log(max_frequency), features // 2))
     angles = jnp.asarray(t, jnp.float32) * freqs
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
 
@@ -28,14 +28,31 @@ def fourier_time(t, features: int = 16) -> jax.Array:
 class TimeMLP(eqx.Module):
     """An MLP ``(z, t, cond) -> output`` with Fourier time features and an optional condition.
 
-    The condition is a class label (``num_classes``: ints in ``0..num_classes``,
-    ``num_classes`` itself being the "no condition" token of classifier-free
-    guidance) or a vector of ``cond_dim`` features (DiffuseVAE's reconstruction).
+    ``depth`` hidden layers of width ``hidden`` with SiLU activations. The time (a
+    time in [0, 1], or a log noise level) enters as ``time_features`` sinusoidal
+    features with frequencies from 1 to ``max_frequency`` (1000 for the diffusion
+    models' times, 100 for the flows' times and log noise levels). The condition is a
+    class label (``num_classes``: ints in ``0..num_classes``, ``num_classes`` itself
+    being the "no condition" token of classifier-free guidance) or a vector of
+    ``cond_dim`` features (DiffuseVAE's reconstruction).
+
+    Args:
+        shape: the event shape of the state ``z`` (an int for vectors).
+        hidden, depth: the width and number of hidden layers.
+        num_classes: for a class-conditional network.
+        cond_dim: for a network conditioned on a vector.
+        out_shape: the output's shape (default: ``shape``).
+        time_features, max_frequency: the time features.
+        class_features: the size of a class label's embedding.
+        key: PRNG key.
 
     Example:
         >>> import jax, jax.numpy as jnp
+        >>> from gendsl.models import TimeMLP
         >>> net = TimeMLP(2, hidden=32, depth=2, num_classes=3, key=jax.random.key(0))
         >>> net(jnp.ones(2), 0.3, 1).shape
+        (2,)
+        >>> TimeMLP(2, hidden=32, depth=2, max_frequency=100.0, key=jax.random.key(0))(jnp.ones(2), -0.5).shape
         (2,)
     """
 
@@ -44,13 +61,16 @@ class TimeMLP(eqx.Module):
     shape: tuple = eqx.field(static=True)
     out_shape: tuple = eqx.field(static=True)
     time_features: int = eqx.field(static=True)
+    max_frequency: float = eqx.field(static=True)
     cond_dim: int = eqx.field(static=True)
 
     def __init__(self, shape, *, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
-                 cond_dim: int = 0, out_shape=None, time_features: int = 16, class_features: int = 16, key):
+                 cond_dim: int = 0, out_shape=None, time_features: int = 16, max_frequency: float = 1000.0,
+                 class_features: int = 16, key):
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.out_shape = self.shape if out_shape is None else tuple(out_shape)
         self.time_features = time_features
+        self.max_frequency = float(max_frequency)
         size = int(np.prod(self.shape))
         out = int(np.prod(self.out_shape))
         keys = jax.random.split(key, depth + 2)
@@ -63,7 +83,7 @@ class TimeMLP(eqx.Module):
         self.layers = [eqx.nn.Linear(i, o, key=k) for i, o, k in zip(dims[:-1], dims[1:], keys, strict=False)]
 
     def __call__(self, z, t, label=None):
-        h = [jnp.reshape(z, (-1,)), fourier_time(t, self.time_features)]
+        h = [jnp.reshape(z, (-1,)), fourier_time(t, self.time_features, self.max_frequency)]
         if self.embedding is not None or self.cond_dim:
             if label is None:
                 raise ValueError("TimeMLP: this network is conditional; pass a label or a condition vector")

@@ -202,6 +202,12 @@ class AIR:
         guide: ``guide(image)``, the recurrent inference network; it declares the
             parameters ``"guide"`` and ``"baseline"``.
         baseline: ``baseline(params, image) -> scalar``, for ``Reinforce(baseline=...)``.
+
+    Example:
+        >>> from gendsl.models import AIRConfig, make_air
+        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=2, what=2, hidden=8, mlp=8))
+        >>> air.config.steps, type(air.model).__name__
+        (2, 'Model')
     """
 
     config: AIRConfig

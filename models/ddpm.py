@@ -1,8 +1,8 @@
 """DDPM (Ho et al. 2020) and DDIM (Song et al. 2021) as a gendsl program pair, with classifier-free guidance.
 
 The forward noising chain (the guide) and the reverse chain (the model) are
-ordinary programs over a time grid ``ts``; ``gendsl.inference.diffusion_elbo``
-derives the ELBO and the "simple" losses from them. Both programs are written
+ordinary programs over a time grid ``ts``; ``gendsl.inference.diffusion.diffusion_elbo``
+derives the ELBO and the "simple" objectives from them. Both programs are written
 for any variance-preserving schedule given as ``alpha_bar(t)`` (the signal
 fraction of ``q(z_t | x) = N(sqrt(alpha_bar) x, 1 - alpha_bar)``), so the same
 programs serve DDPM (integer times, a beta schedule) and discrete-time VDM
@@ -20,9 +20,16 @@ import numpy as np
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import diffusion_elbo
-from gendsl.inference._diffusion_guidance import drop_condition, guided
-from gendsl.inference._diffusion_samplers import ddim_sample, ddpm_sample, vp_posterior
+from gendsl.inference import expectation
+from gendsl.inference.diffusion import (
+    ddim_sample,
+    ddpm_sample,
+    diffusion_elbo,
+    drop_condition,
+    guided,
+    objective_key,
+    vp_posterior,
+)
 from gendsl.models._nets import TimeMLP, static_part
 
 __all__ = ["DDPM", "linear_alpha_bar", "to_x0", "vp_forward", "vp_posterior", "vp_reverse"]
@@ -40,7 +47,13 @@ def linear_alpha_bar(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> np.n
 
 
 def to_x0(pred, z, alpha_bar_t, parameterization: str):
-    """The x0 prediction implied by a network output in the ``eps``, ``x0`` or ``v`` parameterization (VP)."""
+    """The x0 prediction implied by a network output in the ``eps``, ``x0`` or ``v`` parameterization (VP).
+
+    Example:
+        >>> from gendsl.models.ddpm import to_x0
+        >>> float(to_x0(0.5, 1.0, 0.64, "eps"))   # (z - sqrt(1 - ab) eps) / sqrt(ab) = (1 - 0.3) / 0.8
+        0.875
+    """
     a, s = jnp.sqrt(alpha_bar_t), jnp.sqrt(1.0 - alpha_bar_t)
     if parameterization == "eps":
         return (z - s * pred) / a
@@ -110,6 +123,15 @@ def vp_reverse(
         decoder_scale: the decoder's standard deviation (a float or ``t -> float``);
             default ``sqrt(1 - alpha_bar(ts[0]))``.
         time_scale: the network sees ``t * time_scale`` (``1/T`` for integer times).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from gendsl.models import TimeMLP
+        >>> ab = linear_alpha_bar(10)
+        >>> model = vp_reverse(lambda t: jnp.asarray(ab)[t], lambda k: TimeMLP(2, hidden=8, depth=1, key=k), (2,))
+        >>> tr = model.simulate(jax.random.key(0), None, jnp.arange(1, 4))
+        >>> sorted(tr.choices), tr.retval.shape
+        (['x', 'z1', 'z2', 'z3'], (2,))
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
@@ -164,22 +186,32 @@ class DDPM:
             ``num_classes`` means "no condition", used by guidance).
         hidden, depth: the size of the ``TimeMLP`` network.
         net: ``key -> module`` to use another network, called as ``net(z, t / T, *cond)``.
+        p_uncond: for a class-conditional model, the probability with which the
+            training objective replaces a label by the "no condition" token
+            (classifier-free guidance training).
 
     Attributes:
-        model, guide: the program pair; ``objective``: the derived ``DiffusionELBO``.
+        model, guide: the program pair.
+        elbo: the ``DiffusionELBO`` derived from them.
+        objective: the training objective, an ``Expectation`` of
+            ``F(params, xs, *cond)``: the derived simple objective (minus the mean
+            squared error of the prediction) of a batch ``xs`` with per-example
+            conditions ``cond`` (labels, dropped with probability ``p_uncond``, or
+            vectors). Train it with ``gendsl.inference.SVI``.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from gendsl.inference import SVI
         >>> ddpm = DDPM((2,), T=50, hidden=32, depth=2)
-        >>> params = ddpm.init(jax.random.key(0))
-        >>> loss = ddpm.loss(params, jax.random.key(1), jnp.zeros((8, 2)))
+        >>> xs = jax.random.normal(jax.random.key(0), (64, 2))
+        >>> params = SVI(ddpm.objective, optax.adam(1e-3)).run(jax.random.key(1), 10, xs, progress=False).params
         >>> ddpm.sample(params, jax.random.key(2), 4, method="ddim", steps=10).shape
         (4, 2)
     """
 
     def __init__(self, shape, *, T: int = 1000, parameterization: str = "eps", variance: str = "beta",
                  num_classes: int | None = None, hidden: int = 128, depth: int = 3, net=None,
-                 alpha_bar: np.ndarray | None = None):
+                 alpha_bar: np.ndarray | None = None, p_uncond: float = 0.0):
         self.shape = tuple(shape)
         self.T = T
         self.parameterization = parameterization
@@ -196,27 +228,32 @@ class DDPM:
             table, net, self.shape, parameterization=parameterization, variance=variance,
             decoder_scale=float(np.sqrt(1.0 - self.alpha_bar[1])), time_scale=1.0 / T,
         )
-        self.objective = diffusion_elbo(self.model, self.guide, self.ts)
+        self.elbo = diffusion_elbo(self.model, self.guide, self.ts)
+        self.p_uncond = p_uncond
+        self.objective = self._objective()
 
     def init(self, key, *cond) -> dict:
-        """Initial parameters ``{"net": ...}`` (``cond``: one example's condition, for a vector-conditioned net)."""
-        x = jnp.zeros(self.shape)
-        if self.num_classes is not None and not cond:
-            cond = (jnp.asarray(0),)
-        return self.model.init(key, x, self.ts[:1], *cond)
+        """Initial parameters ``{"net": ...}`` (``cond``: one example's condition, for a vector-conditioned net).
 
-    def loss(self, params, key, xs, *cond, p_uncond: float = 0.0) -> jax.Array:
-        """The derived simple loss of a batch; ``cond`` are per-example conditions (labels or vectors).
-
-        For a class-conditional model, labels are replaced by the "no condition"
-        token with probability ``p_uncond`` (classifier-free guidance training).
+        ``gendsl.inference.init_params(ddpm.objective, key, xs, *conds)[0]`` without a batch at hand.
         """
-        if self.num_classes is not None:
+        if self.num_classes is not None and not cond:
+            cond = (0,)
+        batch = [jnp.asarray(c)[None] for c in cond]
+        return self.elbo.init_params(key, jnp.zeros((1, *self.shape)), *batch)[0]
+
+    def _objective(self):
+        simple = self.elbo.simple_objective(parameterization=self.parameterization)
+        if self.num_classes is None:
+            return simple
+
+        def objective(params, xs, *cond):
             if not cond:
-                raise ValueError("DDPM.loss: this model is class-conditional; pass labels")
-            key, k_drop = jax.random.split(key)
-            cond = (drop_condition(k_drop, cond[0], p_uncond, self.num_classes),)
-        return self.objective.simple_loss(params, key, xs, *cond, parameterization=self.parameterization)
+                raise ValueError("DDPM.objective: this model is class-conditional; pass labels after the data")
+            labels = drop_condition(objective_key("condition_dropout"), cond[0], self.p_uncond, self.num_classes)
+            return simple.fn(params, xs, labels, *cond[1:])
+
+        return expectation(objective, models=simple.models, init=self.elbo.init_params)
 
     def eps(self, params, z, t, *cond):
         """The network's noise prediction at integer time ``t`` (converted from its parameterization)."""

@@ -2,7 +2,8 @@
 
 Stage 1 is an ordinary gendsl program pair (a Gaussian VAE: ``z ~ N(0, I)``,
 ``x ~ N(decoder(z), sigma^2)``; guide ``q(z | x)`` from an encoder) trained with
-``gendsl.inference.elbo``. Stage 2 is a ``DDPM`` whose network also sees the
+``gendsl.inference.elbo``. Stage 2 is a ``DDPM`` (trained on its derived simple
+objective, ``ddpm.objective``) whose network also sees the
 reconstruction ``x_hat = decoder(z)``, ``z ~ q(z | x)`` ("formulation 1" of the
 paper); sampling draws ``z`` from the prior, decodes it and refines the decoded
 mean with the conditional diffusion model. (Conditioning on ``decoder(E[z | x])``
@@ -37,15 +38,20 @@ class DiffuseVAE:
 
     Attributes:
         vae_model, vae_guide: the stage-1 programs (called with a batch ``x``).
-        ddpm: the stage-2 ``DDPM``, conditioned on a reconstruction vector.
+        ddpm: the stage-2 ``DDPM``, conditioned on a reconstruction vector; its
+            training objective is ``ddpm.objective``, an ``Expectation`` of
+            ``F(ddpm_params, xs, reconstructions)``.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import jax, optax
+        >>> from gendsl.inference import SVI
+        >>> from gendsl.models import DiffuseVAE
         >>> m = DiffuseVAE(4, latent=2, hidden=16, T=20)
         >>> x = jax.random.normal(jax.random.key(0), (32, 4))
         >>> vae = m.fit_vae(jax.random.key(1), x, steps=20)
-        >>> ddpm = m.ddpm.init(jax.random.key(2), jnp.zeros(4))
-        >>> m.sample(vae, ddpm, jax.random.key(3), 5, steps=5).shape
+        >>> recon = m.reconstruct(vae, x, jax.random.key(2))
+        >>> ddpm = SVI(m.ddpm.objective, optax.adam(1e-3)).run(jax.random.key(3), 5, x, recon, progress=False).params
+        >>> m.sample(vae, ddpm, jax.random.key(4), 5, steps=5).shape
         (5, 4)
     """
 
@@ -98,10 +104,6 @@ class DiffuseVAE:
         if key is not None:
             z = z + (jax.nn.softplus(out[:, self.latent :]) + 1e-3) * jax.random.normal(key, z.shape)
         return jax.vmap(decoder)(z)
-
-    def ddpm_loss(self, ddpm_params, key, xs, reconstructions) -> jax.Array:
-        """Stage 2's loss: the derived DDPM simple loss, conditioned on the reconstructions."""
-        return self.ddpm.loss(ddpm_params, key, xs, reconstructions)
 
     def sample(self, vae_params, ddpm_params, key, n: int, *, steps: int = 50) -> jax.Array:
         """``z ~ N(0, I)``, ``x_hat = decoder(z)``, then DDIM (``steps``) conditioned on ``x_hat``."""

@@ -1,15 +1,18 @@
 """EDM (Karras et al. 2022): preconditioned denoiser, log-normal noise, weighted loss, Heun sampler.
 
 ``EDM`` is an ``equinox.Module`` around a raw network ``F``;
-``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (``gendsl.inference.edm_precond``),
-trained with ``edm_loss`` and sampled with ``edm_sample`` (Heun, optional churn).
+``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (``gendsl.inference.diffusion.edm_precond``),
+trained on ``EDM.objective`` (an ``Expectation`` from ``edm_objective``) and sampled with
+``edm_sample`` (Heun, optional churn).
 """
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 
-from gendsl.inference import edm_denoise, edm_loss, edm_sample, karras_sigmas
+from gendsl.inference.diffusion import edm_denoise, edm_objective, edm_sample, karras_sigmas
 from gendsl.models._nets import TimeMLP
 
 __all__ = ["EDM"]
@@ -27,8 +30,10 @@ class EDM(eqx.Module):
 
     Example:
         >>> import jax, jax.numpy as jnp
+        >>> from gendsl.models import EDM
         >>> edm = EDM(2, hidden=16, depth=1, key=jax.random.key(0))
-        >>> edm.loss(jax.random.key(1), jnp.zeros((8, 2))).shape, edm.sample(jax.random.key(2), 3, steps=4).shape
+        >>> value, grads = edm.objective.value_and_grad(jax.random.key(1), edm, jnp.zeros((8, 2)))
+        >>> value.shape, edm.sample(jax.random.key(2), 3, steps=4).shape
         ((), (3, 2))
     """
 
@@ -44,9 +49,15 @@ class EDM(eqx.Module):
         """``D(x; sigma)`` for one example."""
         return edm_denoise(self.net, x, sigma, *cond, sigma_data=self.sigma_data)
 
-    def loss(self, key, xs, *cond, p_mean: float = -1.2, p_std: float = 1.2):
-        """EDM's weighted denoising loss of a batch (mean over elements and examples)."""
-        return edm_loss(_raw, self, key, xs, *cond, sigma_data=self.sigma_data, p_mean=p_mean, p_std=p_std)
+    @property
+    def objective(self):
+        """The training objective, an ``Expectation`` of ``F(edm, xs, *cond)``: minus EDM's weighted loss.
+
+        The parameters are the module itself (``edm``); the loss is averaged over the
+        elements and the examples of the batch ``xs`` (``edm_objective`` with this
+        model's ``sigma_data`` and the paper's noise levels).
+        """
+        return _objective(self.sigma_data)
 
     def sample(self, key, n: int, *cond, steps: int = 18, churn: float = 0.0, sigma_min: float = 0.002,
                sigma_max: float = 80.0):
@@ -57,6 +68,12 @@ class EDM(eqx.Module):
 
 def _raw(edm, u, c_noise, *cond):
     return edm.net(u, c_noise, *cond)
+
+
+@functools.cache
+def _objective(sigma_data: float):
+    # One Expectation per sigma_data, so that jitted callers see the same function every time.
+    return edm_objective(_raw, sigma_data=sigma_data)
 
 
 def _denoise(edm, x, sigma, *cond):

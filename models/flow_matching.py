@@ -1,7 +1,7 @@
 """Flow matching and rectified flow (Lipman et al. 2023; Liu et al. 2023), with a reflow step.
 
 The path is a gendsl program (``linear_path`` by default: rectified flow), the
-training objective is derived from it by ``gendsl.inference.flow_matching`` (the
+training objective is derived from it by ``gendsl.inference.diffusion.flow_matching`` (the
 velocity target is ``jax.jvp`` of the path in ``t``), sampling integrates the learned
 ODE from ``N(0, I)`` at ``t = 0`` to the data at ``t = 1`` with diffrax, and the
 exact log-likelihood comes from the instantaneous change of variables.
@@ -24,32 +24,11 @@ import optax
 from jax.scipy.stats import norm
 
 import gendsl
-from gendsl.inference import SVI, flow_matching, linear_path, ode_log_likelihood, ode_solve
+from gendsl.inference import SVI
+from gendsl.inference.diffusion import flow_matching, linear_path, ode_log_likelihood, ode_solve
+from gendsl.models._nets import TimeMLP
 
-__all__ = ["FlowMatching", "TimeMLP", "coupling_path", "energy_distance", "mmd"]
-
-
-class TimeMLP(eqx.Module):
-    """An MLP ``(x, t) -> R^dim`` on ``x`` and Fourier features of ``t`` (scalar time or log noise level).
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from gendsl.models import TimeMLP
-        >>> net = TimeMLP(2, hidden=32, depth=2, key=jax.random.key(0))
-        >>> net(jnp.ones(2), 0.5).shape
-        (2,)
-    """
-
-    mlp: eqx.nn.MLP
-    freqs: jax.Array
-
-    def __init__(self, dim: int, *, hidden: int = 128, depth: int = 3, features: int = 16, key):
-        self.freqs = jnp.exp(jnp.linspace(0.0, jnp.log(100.0), features // 2))
-        self.mlp = eqx.nn.MLP(dim + features, dim, hidden, depth, activation=jax.nn.silu, key=key)
-
-    def __call__(self, x, t):
-        angles = jax.lax.stop_gradient(self.freqs) * jnp.asarray(t, x.dtype)
-        return self.mlp(jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)]))
+__all__ = ["FlowMatching", "coupling_path", "energy_distance", "mmd"]
 
 
 @gendsl.model
@@ -60,7 +39,7 @@ def coupling_path(t, pair):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import path_velocity
+        >>> from gendsl.inference.diffusion import path_velocity
         >>> from gendsl.models import coupling_path
         >>> _, v = path_velocity(coupling_path)(jax.random.key(0), 0.3, (jnp.zeros(2), jnp.ones(2)))
         >>> v.tolist()
@@ -73,7 +52,8 @@ def coupling_path(t, pair):
 def _velocity_net(dim: int, hidden: int, depth: int):
     @gendsl.model
     def velocity(x, t):
-        net = gendsl.module("velocity", lambda k: TimeMLP(dim, hidden=hidden, depth=depth, key=k))
+        # Flow times are in [0, 1]: time frequencies up to 100 suffice.
+        net = gendsl.module("velocity", lambda k: TimeMLP(dim, hidden=hidden, depth=depth, max_frequency=100.0, key=k))
         return net(x, t)
 
     return velocity

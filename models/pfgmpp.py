@@ -1,8 +1,8 @@
 """PFGM++ (Xu et al., ICML 2023): Poisson flows with D augmented dimensions, D -> inf recovering EDM.
 
-The perturbation kernel is the program ``gendsl.inference.pfgmpp_kernel(D)``
+The perturbation kernel is the program ``gendsl.inference.diffusion.pfgmpp_kernel(D)``
 (radius ``r = sigma sqrt(D)``, ``B ~ Beta(N/2, D/2)``, uniform direction); the
-training objective ``pfgmpp_loss`` is derived from it with EDM's noise-level
+training objective ``pfgmpp_objective`` is derived from it with EDM's noise-level
 distribution and weighting, and the network is EDM's preconditioned denoiser
 ``D(x, sigma) = c_skip x + c_out F(c_in x, log(sigma) / 4)``. Sampling starts from
 the PFGM++ kernel at ``sigma_max`` (heavy-tailed for small D) and integrates the ODE
@@ -18,8 +18,9 @@ import numpyro.distributions as ndist
 import optax
 
 import gendsl
-from gendsl.inference import SVI, PFGMPPKernel, denoiser_velocity, ode_solve, pfgmpp_loss, pfgmpp_r
-from gendsl.models.flow_matching import TimeMLP
+from gendsl.inference import SVI
+from gendsl.inference.diffusion import PFGMPPKernel, denoiser_velocity, ode_solve, pfgmpp_objective, pfgmpp_r
+from gendsl.models._nets import TimeMLP
 
 __all__ = ["PFGMPP", "edm_sigmas"]
 
@@ -40,7 +41,8 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
 def _denoiser_net(dim: int, hidden: int, depth: int, sigma_data: float):
     @gendsl.model
     def denoiser(x, sigma):
-        net = gendsl.module("denoiser", lambda k: TimeMLP(dim, hidden=hidden, depth=depth, key=k))
+        # The network sees log(sigma) / 4, in about [-1.6, 1.1]: time frequencies up to 100 suffice.
+        net = gendsl.module("denoiser", lambda k: TimeMLP(dim, hidden=hidden, depth=depth, max_frequency=100.0, key=k))
         total = sigma**2 + sigma_data**2
         c_skip, c_out, c_in = sigma_data**2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total)
         return c_skip * x + c_out * net(c_in * x, jnp.log(sigma) / 4)
@@ -60,9 +62,10 @@ class PFGMPP:
 
     Example:
         >>> import jax, jax.numpy as jnp
+        >>> from gendsl.inference import init_params
         >>> from gendsl.models import PFGMPP
         >>> model = PFGMPP(2, D=128, hidden=16, depth=1)
-        >>> params, _ = model.objective.init_params(jax.random.key(0), jnp.zeros((8, 2)))
+        >>> params, _ = init_params(model.objective, jax.random.key(0), jnp.zeros((8, 2)))
         >>> model.sample(params, jax.random.key(1), 5, steps=4).shape   # training: model.fit(key, data, steps)
         (5, 2)
     """
@@ -73,7 +76,7 @@ class PFGMPP:
         self.dim, self.D = dim, D
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.net = _denoiser_net(dim, hidden, depth, sigma_data)
-        self.objective = pfgmpp_loss(self.net, D=D, sigma_data=sigma_data, p_mean=p_mean, p_std=p_std)
+        self.objective = pfgmpp_objective(self.net, D=D, sigma_data=sigma_data, p_mean=p_mean, p_std=p_std)
 
     def denoise(self, x, sigma, params):
         """The trained denoiser of one point (the ``D(x, sigma, args)`` form used by guidance and samplers)."""

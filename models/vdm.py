@@ -2,8 +2,9 @@
 
 ``VDM`` is an ``equinox.Module`` holding the noise-prediction network and the
 schedule ``gamma(t)`` (fixed ``LinearSchedule`` or learned ``LearnedSchedule``).
-Its negative ELBO is ``gendsl.inference.vdm_terms`` (``gamma'`` by ``jax.jvp``),
-in nats or bits per dimension, on data with ``levels`` grey levels.
+Its training objective ``VDM.objective`` is an ``Expectation`` of the ELBO (nats per
+data point, from ``gendsl.inference.diffusion.vdm_terms``, ``gamma'`` by ``jax.jvp``)
+of a batch with ``levels`` grey levels; ``bits_per_dim`` reports it in bits.
 
 The discrete-time version of the same model is the program pair
 ``vp_reverse`` / ``vp_forward`` with ``alpha_bar(t) = sigmoid(-gamma(t))``:
@@ -20,26 +21,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gendsl.inference import (
+from gendsl.inference import expectation
+from gendsl.inference.diffusion import (
     LearnedSchedule,
     LinearSchedule,
     ddpm_sample,
     diffusion_elbo,
     discrete_decoder_log_prob,
+    objective_key,
     vdm_terms,
 )
 from gendsl.models._nets import TimeConv, TimeMLP
 
-__all__ = ["VDM", "to_levels", "from_levels"]
+__all__ = ["VDM", "from_levels", "to_levels"]
 
 
 def from_levels(x_int, levels: int) -> jax.Array:
-    """Integer levels ``0..levels-1`` to VDM's values ``2 (k + 1/2) / levels - 1`` in (-1, 1)."""
+    """Integer levels ``0..levels-1`` to VDM's values ``2 (k + 1/2) / levels - 1`` in (-1, 1).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gendsl.models.vdm import from_levels
+        >>> [round(float(v), 4) for v in from_levels(jnp.array([0, 8, 16]), 17)]
+        [-0.9412, 0.0, 0.9412]
+    """
     return 2.0 * (jnp.asarray(x_int, jnp.float32) + 0.5) / levels - 1.0
 
 
 def to_levels(x, levels: int) -> jax.Array:
-    """The nearest level of values in (-1, 1) (inverse of ``from_levels``)."""
+    """The nearest level of values in (-1, 1) (inverse of ``from_levels``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gendsl.models.vdm import to_levels
+        >>> to_levels(jnp.array([-1.0, 0.01, 0.95]), 17)
+        Array([ 0,  8, 16], dtype=int32)
+    """
     return jnp.clip(jnp.round((x + 1.0) * levels / 2.0 - 0.5), 0, levels - 1).astype(jnp.int32)
 
 
@@ -57,10 +74,15 @@ class VDM(eqx.Module):
         key: PRNG key.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from gendsl.models import VDM
         >>> vdm = VDM(4, levels=17, hidden=16, depth=1, key=jax.random.key(0))
-        >>> x = jnp.array([[0, 5, 16, 8]])
-        >>> vdm.bits_per_dim(jax.random.key(1), x).shape
+        >>> x = jnp.array([[0, 5, 16, 8], [1, 1, 2, 3]])
+        >>> params, static = eqx.partition(vdm, eqx.is_inexact_array)
+        >>> def loss(p, key):   # minus the ELBO, per data point; differentiated through the module's arrays
+        ...     return -vdm.objective.surrogate(key, eqx.combine(p, static), x)[0]
+        >>> grads = jax.grad(loss)(params, jax.random.key(1))
+        >>> vdm.bits_per_dim(jax.random.key(2), x).shape
         ()
     """
 
@@ -101,7 +123,7 @@ class VDM(eqx.Module):
         return self.net(jnp.concatenate(feats), (gamma - lo) / (hi - lo))
 
     def terms(self, key, x_int, *, T: int = 0, t=None) -> dict:
-        """``vdm_terms`` of one data point of integer levels (nats)."""
+        """``vdm_terms`` of one data point of integer levels (nats), with an explicit key."""
         x = from_levels(x_int, self.levels)
 
         def decoder(z0, gamma0):
@@ -109,20 +131,19 @@ class VDM(eqx.Module):
 
         return vdm_terms(self.eps, self.schedule, key, x, decoder_log_prob=decoder, T=T, antithetic_t=t)
 
-    def loss(self, key, xs_int, *, T: int = 0) -> jax.Array:
-        """Negative ELBO in nats per data point, averaged over a batch; times are stratified over the batch
-        (VDM's low-discrepancy sampler: ``t_i = (u + i / B) mod 1``), which keeps the estimate unbiased."""
-        b = jnp.shape(xs_int)[0]
-        k_u, k_rest = jax.random.split(key)
-        ts = jnp.mod(jax.random.uniform(k_u, ()) + jnp.arange(b) / b, 1.0)
-        keys = jax.random.split(k_rest, b)
-        terms = jax.vmap(lambda k, x, t: self.terms(k, x, T=T, t=t))(keys, xs_int, ts)
-        return jnp.mean(terms["diffusion"] + terms["prior"] + terms["reconstruction"])
+    @property
+    def objective(self):
+        """The training objective: an ``Expectation`` of ``F(vdm, xs_int, *, T=0)``, the mean ELBO in nats.
+
+        The parameters are the module itself (``vdm``). Times are stratified over the
+        batch (VDM's low-discrepancy sampler: ``t_i = (u + i / B) mod 1``), which keeps
+        the estimate unbiased; ``T > 0`` is the discrete-time ELBO with ``T`` steps.
+        """
+        return _OBJECTIVE
 
     def bits_per_dim(self, key, xs_int, *, samples: int = 1, T: int = 0) -> jax.Array:
-        """Negative ELBO in bits per dimension over ``xs_int``, averaged over ``samples`` draws per point."""
-        keys = jax.random.split(key, samples)
-        nats = jnp.mean(jax.vmap(lambda k: self.loss(k, xs_int, T=T))(keys))
+        """Minus the ELBO in bits per dimension over ``xs_int``, averaged over ``samples`` draws."""
+        nats = -self.objective.estimate(key, self, xs_int, samples=samples, T=T)
         return nats / (self.dim * math.log(2.0))
 
     def sample(self, key, n: int, *, steps: int = 200) -> jax.Array:
@@ -136,8 +157,15 @@ class VDM(eqx.Module):
         """The discrete-time program pair with this model's network and (fixed) schedule, and its derived ELBO.
 
         Returns:
-            ``(objective, params)``: a ``DiffusionELBO`` on the grid ``0, 1/T, ..., 1``
+            ``(elbo, params)``: a ``DiffusionELBO`` on the grid ``0, 1/T, ..., 1``
             and the parameters ``{"net": ...}`` for it (data in (-1, 1)).
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> from gendsl.models import VDM
+            >>> elbo, params = VDM(3, hidden=8, depth=1, key=jax.random.key(0)).discrete_pair(10)
+            >>> elbo.objective().estimate(jax.random.key(1), params, jnp.zeros((4, 3))).shape
+            ()
         """
         from gendsl.models.ddpm import vp_forward, vp_reverse
 
@@ -169,3 +197,15 @@ class _GammaNet(eqx.Module):
 def _vdm_eps(params, z, t):
     vdm, steps = params
     return vdm.eps(z, vdm.schedule(t / steps))
+
+
+def _elbo(vdm: VDM, xs_int, *, T: int = 0) -> jax.Array:
+    b = jnp.shape(xs_int)[0]
+    k_u, k_rest = jax.random.split(objective_key("vdm"))
+    ts = jnp.mod(jax.random.uniform(k_u, ()) + jnp.arange(b) / b, 1.0)
+    keys = jax.random.split(k_rest, b)
+    terms = jax.vmap(lambda k, x, t: vdm.terms(k, x, T=T, t=t))(keys, xs_int, ts)
+    return jnp.mean(terms["reconstruction"] - terms["prior_kl"] - terms["diffusion"])
+
+
+_OBJECTIVE = expectation(_elbo)

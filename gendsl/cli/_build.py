@@ -1,57 +1,48 @@
-"""From resolved options to the objects that train: objective, strategies, optimizer, step.
+"""From resolved options to the library objects that train: objective, strategies, optimizer.
 
-The objective names map onto ``gendsl.inference``'s library (``rws`` combines
-``p_wake`` and ``q_wake``). ``--particles`` means importance samples for the
-multi-particle bounds and independent replicates (``SVI(samples=K)``) for the ELBO.
+The command line's vocabulary maps onto ``gendsl.inference``: objective names onto the
+objectives library, ``--strategy`` rules onto ``gendsl.handlers.strategy``, optimizer names
+onto optax. ``--particles`` means importance samples for the multi-particle bounds and
+independent replicates (``SVI(samples=K)``) for the ELBO.
 
-Per-data-point objectives: ``iwelbo(model, guide, K)`` called on a minibatch is
-the bound of the *whole minibatch* with ``K`` joint particles, which is close to
-the ELBO for a large batch. The IWAE paper's objective is the sum over data
-points of each point's own bound. With ``per_point``, ``iwelbo``,
-``iwelbo-dreg``, ``renyi`` and ``rws`` use their batched per-point forms
-(``_per_point``); ``vimco`` and a program's own objective are applied to each
-point by ``make_step``, which ``jax.vmap``s the gradient estimator over the
-points (every point with its own key; EMA baselines shared) and sums.
+Per-data-point objectives: ``iwelbo(model, guide, K)`` on a minibatch is the bound of the
+*whole minibatch* with ``K`` joint particles, close to the ELBO for a large batch; the IWAE
+paper's objective sums each data point's own bound. With ``per_point``, ``iwelbo``,
+``iwelbo-dreg``, ``renyi`` and ``rws`` use the library's per-point forms (``plate=``, the plate
+found by ``gendsl.inference.common_plate``); ``vimco`` and a program's own objective run
+under ``SVI(per_point=True)``, which applies the objective to each data point and sums.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import inspect
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import optax
-from numpyro.primitives import Messenger
 
 import gendsl
 from gendsl.cli._errors import CLIError
-from gendsl.cli._per_point import PER_POINT, per_point_objective
 from gendsl.inference import (
     ENUM,
     MVD,
     REPARAM,
-    SVI,
     Expectation,
     Reinforce,
     Strategy,
-    SVIState,
+    common_plate,
     elbo,
-    expectation,
     iwelbo,
     renyi,
     rws,
     vimco,
 )
 
-__all__ = ["OBJECTIVES", "Built", "build_objective", "apply_strategies", "build_optimizer", "make_step", "rws"]
-
-sg = jax.lax.stop_gradient
+__all__ = ["OBJECTIVES", "Built", "build_objective", "strategy_rules", "build_optimizer", "parse_strategy"]
 
 OBJECTIVES = ("elbo", "elbo-stl", "iwelbo", "iwelbo-dreg", "vimco", "renyi", "rws")
 MULTI_PARTICLE = ("iwelbo", "iwelbo-dreg", "vimco", "renyi", "rws")
+PER_POINT_FORMS = ("iwelbo", "iwelbo-dreg", "renyi", "rws")
 
 
 @dataclasses.dataclass
@@ -64,8 +55,8 @@ class Built:
         particles: K (None for a program-built objective that does not take it).
         samples: independent replicates per step (``SVI(samples=...)``).
         per_point: whether the objective is the sum of per-data-point objectives.
-        vmap_points: whether the step gets there by a ``jax.vmap`` over points
-            (objectives without a batched per-point form).
+        svi_per_point: whether SVI applies the objective point by point (``SVI(per_point=True)``),
+            for objectives without a batched per-point form.
     """
 
     objective: Expectation
@@ -73,27 +64,28 @@ class Built:
     particles: int | None
     samples: int
     per_point: bool = False
-    vmap_points: bool = False
+    svi_per_point: bool = False
 
 
 def build_objective(name: str, model, guide, particles: int | None, alpha: float, program,
-                    per_point: bool = False) -> Built:
+                    per_point: bool = False, example=None) -> Built:
     """The objective ``name`` (a library name, or ``"program"`` for the program's own ``objective``).
 
-    With ``per_point``, a multi-particle objective is summed over data points
-    (``_per_point``), and a program's objective is applied to each point (by
-    ``jax.vmap``); the ELBO is such a sum already.
+    With ``per_point``, a multi-particle objective is summed over data points (the library's
+    ``plate=`` forms, on the plate that holds every site of ``model`` and ``guide`` run on
+    ``example``), and a program's objective is applied to each point; the ELBO is such a sum
+    already.
 
     Raises:
-        CLIError: unknown name, invalid particles, or a program objective that
-            does not build an ``Expectation``.
+        CLIError: unknown name, invalid particles, a program objective that does not build an
+            ``Expectation``, or no single plate for a per-point bound.
     """
     if name == "program":
         spec = program.get("objective")
         if spec is None:
             raise CLIError(f"{program.path}: --objective program: the program defines no `objective`")
         if isinstance(spec, str):
-            return build_objective(spec.lower(), model, guide, particles, alpha, program, per_point)
+            return build_objective(spec.lower(), model, guide, particles, alpha, program, per_point, example)
         if isinstance(spec, Expectation):
             return Built(spec, "program", None, 1, per_point, per_point)
         if not callable(spec):
@@ -117,23 +109,27 @@ def build_objective(name: str, model, guide, particles: int | None, alpha: float
         raise CLIError("--objective vimco needs --particles 2 or more (its baselines leave one particle out)")
     if name == "renyi" and alpha == 1.0:
         raise CLIError("--alpha 1 makes renyi the ELBO; use --objective elbo")
-    if per_point and name in PER_POINT:
-        return Built(per_point_objective(name, model, guide, k, alpha), name, k, 1, True, False)
+    plate = None
+    if per_point and name in PER_POINT_FORMS:
+        try:
+            plate = program.call("while finding the data plate", common_plate, model, guide, example)
+        except gendsl.AddressError as exc:
+            raise CLIError(f"--per-point: {exc} (or pass --per-point off)") from exc
     try:
         objective = {
             "elbo": lambda: elbo(model, guide),
             "elbo-stl": lambda: elbo(model, guide, estimator="stl"),
-            "iwelbo": lambda: iwelbo(model, guide, k),
-            "iwelbo-dreg": lambda: iwelbo(model, guide, k, estimator="dreg"),
+            "iwelbo": lambda: iwelbo(model, guide, k, plate=plate),
+            "iwelbo-dreg": lambda: iwelbo(model, guide, k, estimator="dreg", plate=plate),
             "vimco": lambda: vimco(model, guide, k),
-            "renyi": lambda: renyi(model, guide, alpha, k),
-            "rws": lambda: rws(model, guide, k),
+            "renyi": lambda: renyi(model, guide, alpha, k, plate=plate),
+            "rws": lambda: rws(model, guide, k, plate=plate),
         }[name]()
     except ValueError as exc:
         raise CLIError(f"--objective {name}: {exc}") from exc
     samples = k if name.startswith("elbo") else 1
-    multi = name in MULTI_PARTICLE
-    return Built(objective, name, k, samples, per_point and multi, per_point and multi)
+    multi = per_point and name in MULTI_PARTICLE
+    return Built(objective, name, k, samples, multi, multi and plate is None)
 
 
 def _accepts(fn, name: str) -> bool:
@@ -213,41 +209,23 @@ def program_rules(program) -> list[tuple[str | None, Any]]:
     return out
 
 
-class _Strategies(Messenger):
-    """Sets ``infer["strategy"]`` of guide sites; the last matching rule wins.
+def strategy_rules(program_rules, command_rules) -> dict:
+    """One ``gendsl.handlers.strategy`` rule table from the program's and the command line's rules.
 
-    A rule without a pattern applies to every site whose distribution cannot be
-    reparameterized (discrete sites, for instance).
+    The handler applies an exact address first, then the first matching pattern, then the
+    ``None`` rule (sites that cannot be reparameterized). The table lists the command line's
+    rules first, latest first, then the program's: so command-line rules win over the
+    program's, and a later ``--strategy`` over an earlier one.
     """
-
-    def __init__(self, fn, rules):
-        self.rules = rules
-        super().__init__(fn)
-
-    def process_message(self, msg) -> None:
-        if msg["type"] != "sample" or msg["is_observed"]:
-            return
-        chosen = None
-        for pattern, strategy in self.rules:
-            if (pattern is None and not msg["fn"].has_rsample) or (
-                pattern is not None and fnmatch.fnmatchcase(msg["name"], pattern)
-            ):
-                chosen = strategy
-        if chosen is not None:
-            msg["infer"] = {**(msg.get("infer") or {}), "strategy": chosen}
-
-
-def apply_strategies(guide: gendsl.Model, rules) -> gendsl.Model:
-    """``guide`` with the strategy ``rules`` applied (unchanged when there are none)."""
-    return gendsl.model(_Strategies(guide.fn, rules)) if rules else guide
+    table: dict = {}
+    for pattern, strategy in [*reversed(command_rules), *program_rules]:
+        table.setdefault(pattern, strategy)
+    return table
 
 
 def describe_rules(rules) -> list[str]:
     """Rules as strings, for config.json."""
     return [f"{'<non-reparameterizable>' if p is None else p}={s!r}" for p, s in rules]
-
-
-# ----------------------------------------------------------------------------- optimizer and step
 
 
 def build_optimizer(name: str, lr: float, schedule: str, steps: int, clip: float | None):
@@ -264,41 +242,3 @@ def build_optimizer(name: str, lr: float, schedule: str, steps: int, clip: float
     }[name]
     optimizer = make(rate)
     return optax.chain(optax.clip_by_global_norm(clip), optimizer) if clip else optimizer
-
-
-def make_step(svi: SVI, per_point: bool):
-    """A pure ``step(state, data) -> (state, info)``: ``svi.step``, or its per-data-point form."""
-    if not per_point:
-        return svi.step
-    objective = svi.objective
-
-    def in_unconstrained(u, *args, **kwargs):
-        return objective.fn(svi.constrain(u), *args, **kwargs)
-
-    objective_u = expectation(in_unconstrained)
-
-    def step(state: SVIState, data) -> tuple[SVIState, dict]:
-        key, sub = jax.random.split(state.key)
-        n = jax.tree_util.tree_leaves(data)[0].shape[0]
-
-        def one(k, point):
-            single = jax.tree_util.tree_map(lambda a: a[None], point)
-            return objective_u.value_and_grad_with_baselines(
-                k, state.params, single, baselines=state.baselines, samples=svi.samples
-            )
-
-        values, grads, baselines = jax.vmap(one)(jax.random.split(sub, n), data)
-        value = jnp.sum(values)
-        grads = jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
-        baselines = jax.tree_util.tree_map(lambda b: jnp.mean(b, axis=0), baselines)
-        neg = jax.tree_util.tree_map(jnp.negative, grads)  # optax minimizes
-        updates, opt_state = svi.optimizer.update(neg, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
-        finite = jnp.isfinite(value) & jnp.all(jnp.stack(leaves)) if leaves else jnp.isfinite(value)
-        new = SVIState(params, opt_state, baselines, key, state.step + 1)
-        kept = SVIState(state.params, state.opt_state, state.baselines, key, state.step)
-        new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, kept)
-        return new, {"objective": value, "finite": finite}
-
-    return step

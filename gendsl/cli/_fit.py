@@ -1,19 +1,18 @@
 """``gendsl fit``: train, checkpoint, resume, and write the run's outputs.
 
-Training runs in chunks of ``--chunk-size`` steps, each one compiled
-``lax.scan`` over the pure step (one compilation for the whole run: a chunk
-always has the same length, and steps past the end of a shorter chunk are
-masked out). The minibatch of step ``t`` is drawn with
-``fold_in(batch_key, t)`` and every other random number comes from the state's
-own key, so the parameters after step ``t`` depend only on the seed and ``t``,
-not on how the steps were split into chunks or sessions: a run interrupted and
-resumed with ``--resume`` ends bit-for-bit where an uninterrupted run ends.
+Training is ``gendsl.inference.SVI.run``: ``--chunk-size`` steps per compiled ``lax.scan``,
+chunks ending at every ``--checkpoint-every`` step, the minibatch of step ``t`` drawn with
+``fold_in(batch_key, t)`` and every other random number from the state's own key. The
+parameters after step ``t`` therefore depend only on the seed and ``t``, not on how the steps
+were split into chunks or sessions: a run interrupted and resumed with ``--resume`` ends
+bit-for-bit where an uninterrupted run ends. This module only supplies the callback that runs
+after each chunk: metrics rows, the held-out ELBO, checkpoints, the progress bar, signals.
 
-A checkpoint (``checkpoint.npz``: the whole SVI state, and ``params.npz``: the
-constrained parameters) is written atomically every ``--checkpoint-every``
-steps, at the end, and when SIGINT or SIGTERM arrives (training stops at the
-end of the current chunk). A non-finite objective or gradient stops training,
-reports the step and leaves the last checkpoint (all finite) in place.
+A checkpoint (``checkpoint.npz``: the whole SVI state, and ``params.npz``: the constrained
+parameters) is written atomically every ``--checkpoint-every`` steps, at the end, and when
+SIGINT or SIGTERM arrives (training stops at the end of the current chunk). A non-finite
+objective or gradient stops training, reports the step and leaves the last checkpoint (all
+finite) in place.
 """
 
 from __future__ import annotations
@@ -32,18 +31,17 @@ import numpy as np
 
 import gendsl
 from gendsl.cli import _options, _outputs
-from gendsl.cli._checkpoint import load_tree, save_tree
 from gendsl.cli._errors import CLIError, TrainingStopped
 from gendsl.cli._program import load_program, take
-from gendsl.cli._run import read_config
+from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._setup import Setup, device_context, prepare, shapes
+from gendsl.inference import NonFiniteError, elbo
 
 __all__ = ["fit", "versions", "RESUMABLE"]
 
 # Options a resumed run may change; any other must equal the run's (the result would differ otherwise).
 RESUMABLE = ("steps", "checkpoint_every", "device", "out", "posterior_draws", "posterior_points", "data")
 
-FILES = ("params.npz", "metrics.csv", "loss.png", "posterior.nc", "summary.txt", "config.json")
 
 
 def versions() -> dict:
@@ -80,10 +78,10 @@ def _resolve(args, program) -> tuple[dict, dict | None]:
         return _options.merge(given, program.defaults, program.path), None
     # Resume: the run's own options, except those a resume may change.
     out = _options.merge({"out": given["out"]}, program.defaults, program.path)["out"]
-    config_path = os.path.join(out, "config.json")
-    if not os.path.exists(config_path):
+    folder = RunFolder(out)
+    if not folder.has(RunFolder.CONFIG):
         raise CLIError(f"--resume: {out} holds no run (no config.json); run without --resume to start one")
-    config = read_config(config_path, "start a new run")
+    config = folder.read_config("start a new run")
     saved = config["options"]
     options = dict(saved)
     for name, value in given.items():
@@ -104,17 +102,17 @@ def _resolve(args, program) -> tuple[dict, dict | None]:
     return options, config
 
 
-def _check_out(out: str, resume: bool, overwrite: bool) -> None:
-    ours = [f for f in ("config.json", "checkpoint.npz", *FILES) if os.path.exists(os.path.join(out, f))]
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out}: exists and is not a directory")
+def _check_out(folder: RunFolder, resume: bool, overwrite: bool) -> None:
+    ours = folder.run_files()
+    if os.path.exists(folder.path) and not os.path.isdir(folder.path):
+        raise CLIError(f"--out {folder.path}: exists and is not a directory")
     if resume:
-        if not os.path.exists(os.path.join(out, "checkpoint.npz")):
-            raise CLIError(f"--resume: no checkpoint in {out}; run without --resume to start again")
+        if not folder.has(RunFolder.CHECKPOINT):
+            raise CLIError(f"--resume: no checkpoint in {folder.path}; run without --resume to start again")
         return
     if ours and not overwrite:
         raise CLIError(
-            f"--out {out} already holds a run ({', '.join(ours[:3])}...); pass --resume to continue it, "
+            f"--out {folder.path} already holds a run ({', '.join(ours[:3])}...); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out"
         )
 
@@ -145,40 +143,8 @@ class _Signals:
             signal.signal(s, old)
 
 
-def _make_chunk(setup: Setup, k_batches, length: int):
-    """``chunk(state, data, n_valid) -> (state, objectives, finite)``: ``length`` steps, the first ``n_valid`` real.
-
-    Step ``t``'s minibatch comes from ``fold_in(k_batches, t)``; a non-finite step and every step after it
-    leave the state unchanged.
-    """
-    batch = setup.options["batch_size"]
-    n = setup.n_train
-
-    def chunk(state, data, n_valid):
-        def body(carry, i):
-            s, alive = carry
-            active = alive & (i < n_valid)
-            if batch:
-                idx = jax.random.choice(jax.random.fold_in(k_batches, s.step), n, (batch,), replace=False)
-                x = take(data, idx)
-            else:
-                x = data
-            new, info = setup.step(s, x)
-            ok = info["finite"]
-            keep = active & ok
-            s = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s)
-            return (s, alive & (ok | ~active)), (info["objective"], ok)
-
-        (state, _), (objective, finite) = jax.lax.scan(body, (state, jnp.array(True)), jnp.arange(length))
-        return state, objective, finite
-
-    return jax.jit(chunk)
-
-
 def _held_out(setup: Setup, key):
     """``f(params) -> held-out ELBO`` (per data point with --batch-size), or None without test data."""
-    from gendsl.inference import elbo
-
     test = setup.data.test
     if test is None:
         return None
@@ -200,15 +166,61 @@ def fit(args) -> int:
     program = load_program(args.program)
     options, saved = _resolve(args, program)
     with device_context(options["device"]):
-        k_init, k_batches, k_eval, k_post = jax.random.split(jax.random.key(options["seed"]), 4)
-        setup = prepare(program, options, init_key=k_init)
-        out = options["out"]
-        _check_out(out, args.resume, args.overwrite)
-        return _train(args, setup, saved, (k_batches, k_eval, k_post), quiet)
+        k_train, k_eval, k_post = jax.random.split(jax.random.key(options["seed"]), 3)
+        # SVI.run(k_train, ...) draws minibatches from split(k_train)[1]; the state starts from split(k_train)[0].
+        setup = prepare(program, options, init_key=jax.random.split(k_train)[0])
+        folder = RunFolder(options["out"])
+        _check_out(folder, args.resume, args.overwrite)
+        return _train(args, setup, folder, saved, (k_train, k_eval, k_post), quiet)
 
 
-def _train(args, setup: Setup, saved, keys, quiet: bool) -> int:
-    k_batches, k_eval, k_post = keys
+class _Progress:
+    """The callback of ``SVI.run``: after each chunk, metrics rows, held-out ELBO, checkpoints, bar, signals."""
+
+    def __init__(self, setup: Setup, folder: RunFolder, metrics, rows, held_out, bar, signals, start: int,
+                 wall: float, meta: dict) -> None:
+        self.setup, self.folder, self.metrics, self.rows = setup, folder, metrics, rows
+        self.held_out, self.bar, self.signals, self.meta = held_out, bar, signals, meta
+        self.step, self.saved_at, self.wall = start, start, wall
+        self.t0 = time.perf_counter()
+        self.last = {"objective": None, "held_out": next((r["held_out_elbo"] for r in reversed(rows)
+                                                          if r.get("held_out_elbo") is not None), None)}
+
+    def checkpoint(self, state, step: int) -> None:
+        self.folder.save_tree(RunFolder.CHECKPOINT, state, {**self.meta, "step": step, "wall_s": self.wall})
+        self.folder.save_tree(RunFolder.PARAMS, self.setup.svi.get_params(state),
+                              {**self.meta, "kind": "params", "step": step})
+        self.saved_at = step
+
+    def __call__(self, info) -> bool:
+        now = time.perf_counter()
+        self.wall += now - self.t0
+        self.t0 = now
+        o = self.setup.options
+        batch, steps = o["batch_size"], o["steps"]
+        start = info.step - len(info.objective)
+        new_rows = [
+            {"step": start + i + 1, "objective": float(v),
+             "objective_per_point": float(v) / batch if batch else None, "wall_s": self.wall}
+            for i, v in enumerate(info.objective)
+        ]
+        self.step = info.step
+        self.last["objective"] = float(np.mean(info.objective)) / (batch or 1)
+        at_checkpoint = info.step % o["checkpoint_every"] == 0 or info.step == steps
+        if at_checkpoint and self.held_out is not None and new_rows:
+            new_rows[-1]["held_out_elbo"] = self.last["held_out"] = self.held_out(self.setup.svi.get_params(info.state))
+        self.metrics.append(new_rows)  # before the checkpoint: a resume drops rows past it
+        self.rows.extend(new_rows)
+        if at_checkpoint or self.signals.received is not None:
+            self.checkpoint(info.state, info.step)
+        self.bar.update(len(info.objective))
+        self.bar.set_postfix(_postfix(self.last, batch), refresh=False)
+        self.t0 = time.perf_counter()  # checkpoints and evaluation are not training time
+        return self.signals.received is not None
+
+
+def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> int:
+    k_train, k_eval, k_post = keys
     options = setup.options
     out = options["out"]
     svi, program = setup.svi, setup.program
@@ -217,12 +229,12 @@ def _train(args, setup: Setup, saved, keys, quiet: bool) -> int:
     if saved is not None:
         if saved.get("program_sha256") != program.sha256:
             _say(quiet, f"warning: {program.path} changed since this run started; resuming with the new file")
-        state, meta = load_tree(os.path.join(out, "checkpoint.npz"), state, "checkpoint")
+        state, meta = folder.load_tree(RunFolder.CHECKPOINT, state, "checkpoint")
         start_step, wall_before = int(meta["step"]), float(meta.get("wall_s", 0.0))
         if int(state.step) != start_step:
             raise CLIError(f"{out}/checkpoint.npz: damaged (its state is at step {int(state.step)}, its header "
                            f"says {start_step}); delete it and train again")
-    os.makedirs(out, exist_ok=True)
+    folder.create()
     steps = options["steps"]
     config = {
         "gendsl_version": gendsl.__version__,
@@ -247,88 +259,58 @@ def _train(args, setup: Setup, saved, keys, quiet: bool) -> int:
         "resumed_from_step": start_step if saved is not None else None,
         "status": "running",
     }
-    _outputs.write_json(os.path.join(out, "config.json"), config)
-    metrics = _outputs.Metrics(os.path.join(out, "metrics.csv"))
+    folder.write_json(RunFolder.CONFIG, config)
+    metrics = _outputs.Metrics(folder)
     rows = metrics.start(start_step if saved is not None else None)
     held_out = _held_out(setup, k_eval)
     meta = {"kind": "checkpoint", "program_sha256": program.sha256}
-
-    def checkpoint(state, step, wall):
-        save_tree(os.path.join(out, "checkpoint.npz"), state, {**meta, "step": step, "wall_s": wall})
-        save_tree(os.path.join(out, "params.npz"), svi.constrain(state.params),
-                  {**meta, "kind": "params", "step": step})
-
-    _say(quiet, _banner(setup, start_step))
-    if start_step == 0:
-        row = {"step": 0, "wall_s": 0.0}
-        if held_out is not None:
-            row["held_out_elbo"] = held_out(svi.constrain(state.params))
-            rows.append(row)
-            metrics.append([row])
-        checkpoint(state, 0, 0.0)
-
-    length, every, batch = options["chunk_size"], options["checkpoint_every"], options["batch_size"]
-    chunk = _make_chunk(setup, k_batches, length)
     bar = _bar(steps, start_step, quiet)
-    step, wall, saved_at = start_step, wall_before, start_step
-    last = {"objective": None, "held_out": next((r["held_out_elbo"] for r in reversed(rows)
-                                                 if r.get("held_out_elbo") is not None), None)}
-    try:
-        with _Signals() as signals:
-            while step < steps:
-                n_valid = min(length, steps - step, (step // every + 1) * every - step)
-                t0 = time.perf_counter()
-                new, objective, finite = chunk(state, setup.data.train, n_valid)
-                objective = np.asarray(objective)[:n_valid]
-                finite = np.asarray(finite)[:n_valid]
-                wall += time.perf_counter() - t0
-                good = int(np.argmin(finite)) if not finite.all() else n_valid
-                new_rows = [
-                    {"step": step + i + 1, "objective": float(objective[i]),
-                     "objective_per_point": float(objective[i]) / batch if batch else None, "wall_s": wall}
-                    for i in range(good)
-                ]
-                if good < n_valid:
-                    metrics.append(new_rows)
-                    rows.extend(new_rows)
-                    bar.close()
-                    stopped = step + good + 1
-                    _finish_partial(setup, rows, config, f"stopped: non-finite objective or gradient at step {stopped}")
-                    raise TrainingStopped(
-                        f"objective or gradient is not finite at step {stopped} (objective {objective[good]!r}); "
-                        f"stopped. The last checkpoint, at step {saved_at}, is kept in {out}; try a lower --lr "
-                        f"(now {options['lr']:g}) or --clip, with a new --out",
-                        code=1,
-                    )
-                state, step = new, step + n_valid
-                last["objective"] = float(np.mean(objective)) / (batch or 1)
-                at_checkpoint = step % every == 0 or step == steps
-                if at_checkpoint and held_out is not None:
-                    new_rows[-1]["held_out_elbo"] = last["held_out"] = held_out(svi.constrain(state.params))
-                metrics.append(new_rows)  # before the checkpoint: a resume drops rows past it
-                rows.extend(new_rows)
-                if at_checkpoint or signals.received is not None:
-                    checkpoint(state, step, wall)
-                    saved_at = step
-                bar.update(n_valid)
-                bar.set_postfix(_postfix(last, batch), refresh=False)
-                if signals.received is not None and step < steps:
-                    bar.close()
-                    name = signal.Signals(signals.received).name
-                    _finish_partial(setup, rows, config, f"interrupted by {name} at step {step}")
-                    raise TrainingStopped(
-                        f"{name}: stopped at step {step}; checkpoint saved in {out}; continue with "
-                        f"gendsl fit {program.path} --out {out} --resume",
-                        code=128 + signals.received,
-                    )
-    except KeyboardInterrupt:
-        bar.close()
-        _finish_partial(setup, rows, config, f"interrupted at step {step}")
-        raise TrainingStopped(f"interrupted at step {step}; the last checkpoint (step {saved_at}) is in {out}; "
-                              "continue with --resume", code=130) from None
+    with _Signals() as signals:
+        progress = _Progress(setup, folder, metrics, rows, held_out, bar, signals, start_step, wall_before, meta)
+        _say(quiet, _banner(setup, start_step))
+        if start_step == 0:
+            row = {"step": 0, "wall_s": 0.0}
+            if held_out is not None:
+                row["held_out_elbo"] = progress.last["held_out"] = held_out(svi.get_params(state))
+                rows.append(row)
+                metrics.append([row])
+            progress.checkpoint(state, 0)
+        try:
+            if start_step < steps:
+                progress.t0 = time.perf_counter()
+                result = svi.run(k_train, steps - start_step, setup.data.train, batch_size=options["batch_size"],
+                                 chunk_size=options["chunk_size"], progress=False, state=state, callback=progress,
+                                 align=options["checkpoint_every"])
+                state = result.state
+        except NonFiniteError as exc:
+            bar.close()
+            status = f"stopped: non-finite objective or gradient at step {exc.step}"
+            _finish_partial(setup, folder, rows, config, status)
+            raise TrainingStopped(
+                f"objective or gradient is not finite at step {exc.step} (objective {exc.value!r}); stopped. The last "
+                f"checkpoint, at step {progress.saved_at}, is kept in {out}; try a lower --lr "
+                f"(now {options['lr']:g}) or --clip, with a new --out",
+                code=1,
+            ) from None
+        except KeyboardInterrupt:
+            bar.close()
+            _finish_partial(setup, folder, rows, config, f"interrupted at step {progress.step}")
+            raise TrainingStopped(f"interrupted at step {progress.step}; the last checkpoint (step "
+                                  f"{progress.saved_at}) is in {out}; continue with --resume", code=130) from None
+        if signals.received is not None and progress.step < steps:
+            bar.close()
+            name = signal.Signals(signals.received).name
+            _finish_partial(setup, folder, rows, config, f"interrupted by {name} at step {progress.step}")
+            raise TrainingStopped(
+                f"{name}: stopped at step {progress.step}; checkpoint saved in {out}; continue with "
+                f"gendsl fit {program.path} --out {out} --resume",
+                code=128 + signals.received,
+            )
     bar.close()
-    params = svi.constrain(state.params)
-    _write_outputs(setup, params, rows, config, k_post, wall, (step - start_step, wall - wall_before), quiet)
+    params = svi.get_params(state)
+    wall = progress.wall
+    _write_outputs(setup, folder, params, rows, config, k_post, wall, (progress.step - start_step, wall - wall_before),
+                   quiet)
     return 0
 
 
@@ -368,20 +350,23 @@ def _banner(setup: Setup, start: int) -> str:
     )
 
 
-def _finish_partial(setup: Setup, rows, config, status: str) -> None:
-    out = setup.options["out"]
-    config = dict(config, status=status)
-    _outputs.write_json(os.path.join(out, "config.json"), config)
+def _finish_partial(setup: Setup, folder: RunFolder, rows, config, status: str) -> None:
+    folder.write_json(RunFolder.CONFIG, dict(config, status=status))
     with contextlib.suppress(Exception):  # a plot must never hide the real error
-        _outputs.plot_loss(rows, os.path.join(out, "loss.png"), os.path.basename(setup.program.path))
+        _outputs.plot_loss(rows, folder, _title(setup))
 
 
-def _write_outputs(setup: Setup, params, rows, config, key, wall: float, session: tuple, quiet: bool) -> None:
+def _title(setup: Setup) -> str:
+    return os.path.basename(setup.program.path)
+
+
+def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, wall: float, session: tuple,
+                   quiet: bool) -> None:
     out, o = setup.options["out"], setup.options
-    _outputs.plot_loss(rows, os.path.join(out, "loss.png"), os.path.basename(setup.program.path))
+    _outputs.plot_loss(rows, folder, _title(setup))
     _say(quiet, "writing posterior.nc and summary.txt ...")
     idata, covered, notes = _outputs.posterior(setup, params, key, o["posterior_draws"], o["posterior_points"])
-    _outputs.write_posterior(idata, os.path.join(out, "posterior.nc"))
+    _outputs.write_posterior(idata, folder)
     table, more = _outputs.summary_table(idata, covered)
     trained = [r for r in rows if r.get("objective") is not None]
     tail = trained[-max(1, len(trained) // 20):]
@@ -402,13 +387,12 @@ def _write_outputs(setup: Setup, params, rows, config, key, wall: float, session
                       f"{held[-1]['held_out_elbo']:.3f} at step {held[-1]['step']}")
     header += ["", f"Posterior summary of the guide's draws ({idata.posterior.sizes['draw']} draws; a variational "
                "approximation, so no r_hat / ESS):"]
-    _outputs.write_summary(os.path.join(out, "summary.txt"), header, table, notes + more)
+    _outputs.write_summary(folder, header, table, notes + more)
     speed = session[0] / max(session[1], 1e-9)
-    config = dict(config, status="completed", wall_s=round(wall, 3))
-    _outputs.write_json(os.path.join(out, "config.json"), config)
+    folder.write_json(RunFolder.CONFIG, dict(config, status="completed", wall_s=round(wall, 3)))
     print(f"trained {o['steps']} steps in {wall:.1f} s ({speed:.0f} steps/s, compilation included)")
     if held:
         print(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.2f} nats at step {held[0]['step']} -> "
               f"{held[-1]['held_out_elbo']:.2f} nats at step {held[-1]['step']}")
     print(f"final training objective{per}: {final:.2f}")
-    print(f"wrote {out}/: {', '.join(FILES)}, checkpoint.npz")
+    print(f"wrote {out}/: {', '.join(RunFolder.FIT_OUTPUTS)}, {RunFolder.CHECKPOINT}")

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +28,12 @@ import numpy as np
 
 from gendsl.cli._checkpoint import atomic_write
 from gendsl.cli._program import take
+from gendsl.cli._runfolder import RunFolder
 
-__all__ = ["Metrics", "plot_loss", "write_posterior", "write_summary", "write_json", "COLUMNS"]
+__all__ = ["Metrics", "plot_loss", "posterior", "write_posterior", "write_summary", "summary_table", "COLUMNS"]
 
 COLUMNS = ("step", "objective", "objective_per_point", "held_out_elbo", "wall_s")
 MAX_LATENT_NUMBERS = 2_000_000
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
-    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -55,10 +48,10 @@ def _fmt(x) -> str:
 
 
 class Metrics:
-    """The rows of ``metrics.csv``, appended as training goes."""
+    """The rows of a run folder's ``metrics.csv``, appended as training goes."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, folder: RunFolder) -> None:
+        self.path = folder.file(RunFolder.METRICS)
 
     def start(self, keep_until: int | None) -> list[dict]:
         """Begin a fresh file (``keep_until=None``) or keep the rows up to step ``keep_until`` (resume)."""
@@ -105,8 +98,8 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, (c[window:] - c[:-window]) / window])
 
 
-def plot_loss(rows: list[dict], path: str, title: str) -> None:
-    """Plot the training objective and the held-out ELBO to ``path`` (PNG, Agg backend)."""
+def plot_loss(rows: list[dict], folder: RunFolder, title: str) -> None:
+    """Plot the training objective and the held-out ELBO to the folder's ``loss.png`` (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -152,7 +145,7 @@ def plot_loss(rows: list[dict], path: str, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    folder.write_bytes(RunFolder.LOSS, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- posterior.nc
@@ -179,35 +172,15 @@ def posterior(setup, params, key, draws: int, points: int):
     if per_draw * draws > MAX_LATENT_NUMBERS:
         draws = max(100, MAX_LATENT_NUMBERS // max(per_draw, 1))
         notes.append(f"{draws} draws (fewer than --posterior-draws, to keep posterior.nc small)")
-    k_draws, k_det = jax.random.split(key)
-    idata = to_inference_data(setup.guide, params, data, key=k_draws, num_samples=draws, model=setup.model)
-    _add_deterministics(idata, setup.model, params, data, list(latents), k_det, draws)
+    # With the model, the draws come with its deterministic sites, observed data and pointwise log-likelihood.
+    idata = to_inference_data(setup.guide, params, data, key=key, num_samples=draws, model=setup.model)
     return idata, covered, notes
 
 
-def _add_deterministics(idata, model, params, data, addresses, key, draws) -> None:
-    """Add the model's ``gendsl.deterministic`` sites at every draw (e.g. ``theta`` in eight schools)."""
-    choices = {a: jnp.asarray(idata.posterior[_var(a)].values[0]) for a in addresses}
-    bound = model.bind(params)
-
-    def at(k, c):
-        trace, _ = bound.generate(k, c, data)
-        return trace.deterministics
-
-    values = jax.jit(jax.vmap(at))(jax.random.split(key, draws), choices)
-    for name, v in values.items():
-        v = np.asarray(v)[None]
-        var = _var(name)
-        if var in idata.posterior:
-            continue
-        dims = ("chain", "draw", *(f"{var}_dim_{i}" for i in range(v.ndim - 2)))
-        idata.posterior[var] = (dims, v)
-
-
-def write_posterior(idata, path: str) -> None:
-    """Write ``idata`` to ``path`` (netCDF) atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+def write_posterior(idata, folder: RunFolder) -> None:
+    """Write ``idata`` to the folder's ``posterior.nc`` (netCDF) atomically."""
+    path = folder.file(RunFolder.POSTERIOR)
+    tmp = os.path.join(folder.path, f".{RunFolder.POSTERIOR}.tmp-{os.getpid()}")
     try:
         idata.to_netcdf(tmp)
         os.replace(tmp, path)
@@ -251,10 +224,9 @@ def summary_table(idata, covered: int | None, max_elements: int = 40):
     return table.to_string(), notes
 
 
-def write_summary(path: str, header: list[str], table: str, notes: list[str]) -> None:
-    """Write ``summary.txt``."""
+def write_summary(folder: RunFolder, header: list[str], table: str, notes: list[str]) -> None:
+    """Write the folder's ``summary.txt``."""
     lines = [*header, "", table]
     if notes:
         lines += ["", "Notes:"] + [f"  - {n}" for n in notes]
-    text = "\n".join(lines) + "\n"
-    atomic_write(path, lambda f: f.write(text), mode="w")
+    folder.write_text(RunFolder.SUMMARY, "\n".join(lines) + "\n")

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gendsl import handlers
-from gendsl.cli._checkpoint import atomic_write
 from gendsl.cli._errors import CLIError
 from gendsl.cli._program import take
-from gendsl.cli._run import open_run
+from gendsl.cli._runfolder import RunFolder
+from gendsl.cli._trained import open_trained
 
 __all__ = ["sample"]
 
@@ -44,7 +44,7 @@ def _site_values(trace, observed):
 
 def sample(args) -> int:
     """Run ``gendsl sample``; returns the exit code."""
-    run = open_run(args.program, args.run, args.data)
+    run = open_trained(args.program, args.run, args.data)
     setup, params = run.setup, run.params
     n, kind = args.n, args.source
     key = jax.random.key(args.seed)
@@ -72,12 +72,11 @@ def sample(args) -> int:
         keys = jax.random.split(key, n)
         values, means = setup.program.call("in the model", jax.jit(jax.vmap(draw, in_axes=(0, None))), keys,
                                            setup.data.train)
-    out = args.out or run.folder
-    os.makedirs(out, exist_ok=True)
+    out = RunFolder(args.out) if args.out else run.folder
+    out.create()
     arrays = {name.replace("/", "."): np.asarray(v) for name, v in values.items()}
     arrays.update({f"{name.replace('/', '.')}.mean": np.asarray(v) for name, v in means.items()})
-    npz = os.path.join(out, "samples.npz")
-    atomic_write(npz, lambda f: np.savez(f, **arrays))
+    npz = out.write_with(RunFolder.SAMPLES, lambda f: np.savez(f, **arrays))
     print(f"{n} draws from the {'prior' if kind == 'prior' else 'posterior'} of the trained model "
           f"(step {run.meta.get('step')}) -> {npz}")
     for name, v in values.items():
@@ -87,8 +86,7 @@ def sample(args) -> int:
     for name in observed:
         shape = _image_shape(setup.program.get("image_shape"), means.get(name, values[name]), args.image_shape)
         if shape is not None:
-            png = os.path.join(out, "samples.png")
-            _grid(np.asarray(means.get(name, values[name])), shape, png,
+            png = _grid(np.asarray(means.get(name, values[name])), shape, out,
                   f"{os.path.basename(args.program)}: {n} {kind} draws of '{name}'"
                   + (" (means)" if name in means else ""))
             print(f"image grid of '{name}' -> {png}")
@@ -112,7 +110,7 @@ def _image_shape(declared, values, given):
     return None
 
 
-def _grid(values: np.ndarray, shape, path: str, title: str) -> None:
+def _grid(values: np.ndarray, shape, out: RunFolder, title: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -136,4 +134,4 @@ def _grid(values: np.ndarray, shape, path: str, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return out.write_bytes(RunFolder.SAMPLES_PNG, buf.getvalue())

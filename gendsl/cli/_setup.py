@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 
 import gendsl
+from gendsl import GendslError, handlers
 from gendsl.cli import _build
-from gendsl.cli._autoguide import auto_guide
 from gendsl.cli._errors import CLIError
 from gendsl.cli._program import Data, Program, find_models, leading_size, load_data, take
-from gendsl.inference import SVI
+from gendsl.inference import SVI, AutoNormal, init_params
 
 __all__ = ["Setup", "prepare", "device_context", "shapes"]
 
@@ -42,8 +42,7 @@ class Setup:
         names: ``(model name, guide name)``.
         built: the objective and how it runs.
         per_point: whether the step evaluates the objective per data point.
-        svi: the SVI object (initialized by ``init_state``).
-        step: the pure step function.
+        svi: the SVI object (its configuration; states come from ``init_state``).
         rules: the strategy rules, as strings.
         state: the initial SVI state (when ``prepare`` got an ``init_key``).
     """
@@ -61,7 +60,6 @@ class Setup:
     built: _build.Built
     per_point: bool
     svi: SVI
-    step: Any
     rules: list[str]
     state: Any = None
 
@@ -72,7 +70,7 @@ class Setup:
     def param_template(self, key) -> dict:
         """The constrained parameters' structure (arrays), to load a ``params.npz`` into."""
         params = self.program.call(
-            "while initializing the parameters", lambda: self.built.objective.init_params(key, self.first)[0]
+            "while initializing the parameters", lambda: init_params(self.built.objective, key, self.first)[0]
         )
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, (int, float)) else x, params)
 
@@ -126,11 +124,17 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
         if batched:
             raise CLIError(f"{program.path}: guide = \"auto\" needs full-batch training; drop --batch-size "
                            "(or write a guide)")
-        guide = program.call("while building the automatic guide", auto_guide, model, first, where=program.path)
+        guide = AutoNormal(model)
+        try:
+            guide.init(jax.random.key(0), first)  # finds the model's latent sites; refuses what it cannot cover
+        except GendslError as exc:
+            raise CLIError(f"{program.path}: guide = \"auto\": {exc}") from exc
         guide_name = "auto"
 
-    rules = _build.program_rules(program) + _build.parse_rules(options["strategy"])
-    trained_guide = _build.apply_strategies(guide, rules)
+    program_rules, command_rules = _build.program_rules(program), _build.parse_rules(options["strategy"])
+    rules = [*program_rules, *command_rules]
+    table = _build.strategy_rules(program_rules, command_rules)
+    trained_guide = gendsl.model(handlers.strategy(guide.fn, rules=table)) if table else guide
 
     name = (options["objective"] or ("program" if program.get("objective") is not None else "elbo")).lower()
     if name == "program" and isinstance(program.get("objective"), str):
@@ -141,16 +145,15 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
     if per_point:
         leading_size(data.train, program.path)
     built = _build.build_objective(name, model, trained_guide, options["particles"], options["alpha"], program,
-                                   per_point)
+                                   per_point, first)
     per_point = built.per_point
     optimizer = _build.build_optimizer(options["optimizer"], options["lr"], options["schedule"], options["steps"],
                                        options["clip"])
-    svi = SVI(built.objective, optimizer, samples=built.samples)
-    step = _build.make_step(svi, built.vmap_points)
+    svi = SVI(built.objective, optimizer, samples=built.samples, per_point=built.svi_per_point)
     resolved = dict(options, objective=built.name, particles=built.particles)
     setup = Setup(program, resolved, data, batched, n_train, first, model, guide, trained_guide,
-                  (model_name, guide_name), built, per_point, svi, step, _build.describe_rules(rules))
+                  (model_name, guide_name), built, per_point, svi, _build.describe_rules(rules))
     if init_key is not None:
         setup.state = setup.init_state(init_key)
-        program.call("while tracing a training step", jax.eval_shape, step, setup.state, first)
+        program.call("while tracing a training step", jax.eval_shape, svi.step, setup.state, first)
     return setup

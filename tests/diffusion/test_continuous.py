@@ -1,15 +1,15 @@
-"""VDM's continuous-time ELBO and EDM's loss against the papers' formulas and closed-form expectations."""
+"""VDM's continuous-time ELBO and EDM's objective against the papers' formulas and closed-form expectations."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gendsl.inference import (
+from gendsl.inference.diffusion import (
     LearnedSchedule,
     LinearSchedule,
     discrete_decoder_log_prob,
-    edm_loss,
+    edm_objective,
     edm_precond,
     edm_weight,
     gamma_and_derivative,
@@ -68,8 +68,8 @@ def test_vdm_prior_and_reconstruction():
     terms = vdm_terms(lambda z, g: 0 * z, gamma, jax.random.key(0), x, decoder_log_prob=lambda z0, g0: -1.5)
     a2, s2 = float(jax.nn.sigmoid(-8.0)), float(jax.nn.sigmoid(8.0))
     exact_prior = 0.5 * np.sum(s2 + a2 * np.asarray(x) ** 2 - 1 - np.log(s2))
-    assert float(terms["prior"]) == pytest.approx(exact_prior, rel=1e-5)
-    assert float(terms["reconstruction"]) == pytest.approx(1.5)
+    assert float(terms["prior_kl"]) == pytest.approx(exact_prior, rel=1e-5)
+    assert float(terms["reconstruction"]) == pytest.approx(-1.5)  # log p(x | z_0): the ELBO's sign
 
 
 def test_discrete_decoder_is_a_normalized_distribution_peaked_at_the_level():
@@ -94,9 +94,9 @@ def test_edm_preconditioning_matches_the_paper():
         assert float(edm_weight(sigma, sd)) * c_out**2 == pytest.approx(1.0, rel=1e-5)
 
 
-def test_edm_loss_of_the_ideal_denoiser_is_one_per_dimension():
+def test_edm_objective_of_the_ideal_denoiser_is_minus_one_per_dimension():
     """Data N(0, sd^2): D*(y) = sd^2 / (sd^2 + sigma^2) y, E||D* - x||^2 = sd^2 sigma^2 / (sd^2 + sigma^2) per
-    dimension, and lambda(sigma) times that is exactly 1 for every sigma."""
+    dimension, and lambda(sigma) times that is exactly 1 for every sigma: the loss (minus the objective) is 1."""
     sd = 0.5
 
     def raw_ideal(params, u, c_noise):
@@ -106,7 +106,8 @@ def test_edm_loss_of_the_ideal_denoiser_is_one_per_dimension():
         return (sd**2 / (sd**2 + sigma**2) * y - c_skip * y) / c_out
 
     xs = sd * jax.random.normal(jax.random.key(0), (20_000, 4))
-    per_batch = jax.jit(jax.vmap(lambda k, x: edm_loss(raw_ideal, None, k, x[None], sigma_data=sd)))(
+    objective = edm_objective(raw_ideal, sigma_data=sd)
+    per_batch = jax.jit(jax.vmap(lambda k, x: -objective.estimate(k, None, x[None])))(
         jax.random.split(jax.random.key(1), xs.shape[0]), xs
     )
     mean, se = _mean_se(per_batch)

@@ -13,7 +13,8 @@ import pytest
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import DiffusionStructureError, diffusion_elbo, elbo
+from gendsl.inference import elbo, init_params
+from gendsl.inference.diffusion import DiffusionStructureError, diffusion_elbo
 from gendsl.models._nets import TimeMLP, static_part
 from gendsl.models.ddpm import vp_forward, vp_reverse
 
@@ -142,7 +143,7 @@ def test_exact_step_sum_matches_brute_force():
     assert abs(mb - md) < 4 * np.hypot(sb, sd), (mb, sb, md, sd)
 
 
-def test_simple_loss_recovers_the_network_prediction():
+def test_implied_eps_is_the_network_prediction():
     """The implied eps of an eps-parameterized model is the network's output (inversion is exact)."""
     T = 10
     model, guide, ts, *_ = _ddpm_pair(T, 0.01, 0.3, "beta", "eps")
@@ -154,6 +155,80 @@ def test_simple_loss_recovers_the_network_prediction():
     pred = jax.jit(lambda p: d.predictions(p, jax.random.key(1), x, k, z))(params)
     module = eqx.combine(params["net"], static_part(lambda kk: TimeMLP(2, hidden=16, depth=2, key=kk)))
     np.testing.assert_allclose(pred["eps"], module(z, ts[k] / T), rtol=1e-4, atol=1e-5)
+
+
+def test_elbo_objective_is_the_mean_brute_force_elbo_of_the_batch():
+    """The ELBO objective (an Expectation of the batch's mean per-point ELBO) against gendsl's naive
+    elbo(model, guide) of each point, averaged over the batch (4 SE)."""
+    T = 6
+    model, guide, ts, *_ = _ddpm_pair(T, 0.05, 0.4, "beta")
+    d = diffusion_elbo(model, guide, ts)
+    xs = jnp.array([[0.7, -0.4], [0.1, 0.3], [-1.0, 0.5]])
+    objective = d.objective()
+    params, _ = init_params(objective, jax.random.key(3), xs)
+    keys = jax.random.split(jax.random.key(4), 10_000)
+    derived = jax.jit(jax.vmap(lambda k: objective.estimate(k, params, xs)))(keys)
+    naive = elbo(model, guide)
+    brute = jax.jit(jax.vmap(lambda k: jnp.mean(jax.vmap(lambda x: naive.estimate(k, params, x, ts))(xs))))(keys)
+    (mb, sb), (md, sd) = _mean_se(brute), _mean_se(derived)
+    assert abs(mb - md) < 4 * np.hypot(sb, sd), (mb, sb, md, sd)
+
+
+def test_simple_objective_is_minus_the_hand_written_simple_loss():
+    """Ho et al.'s L_simple by hand: t ~ U{2..T}, z = sqrt(ab_t) x + sqrt(1 - ab_t) eps, mean (net(z, t/T) - eps)^2;
+    minus the derived simple objective has the same mean over keys (4 SE)."""
+    T = 10
+    model, guide, ts, _, ab = _ddpm_pair(T, 0.01, 0.3, "beta", "eps")
+    d = diffusion_elbo(model, guide, ts)
+    xs = jax.random.normal(jax.random.key(0), (8, 2))
+    objective = d.simple_objective(parameterization="eps")
+    params, _ = init_params(objective, jax.random.key(1), xs)
+    net = eqx.combine(params["net"], static_part(lambda kk: TimeMLP(2, hidden=16, depth=2, key=kk)))
+    ab = jnp.asarray(ab, jnp.float32)
+
+    def hand(k):
+        def one(kk, x):
+            k_t, k_e = jax.random.split(kk)
+            t = jax.random.randint(k_t, (), 2, T + 1)
+            eps = jax.random.normal(k_e, x.shape)
+            z = jnp.sqrt(ab[t]) * x + jnp.sqrt(1.0 - ab[t]) * eps
+            return jnp.mean((net(z, t / T) - eps) ** 2)
+
+        return jnp.mean(jax.vmap(one)(jax.random.split(k, xs.shape[0]), xs))
+
+    keys = jax.random.split(jax.random.key(2), 4000)
+    derived = jax.jit(jax.vmap(lambda k: -objective.estimate(k, params, xs)))(keys)
+    by_hand = jax.jit(jax.vmap(hand))(jax.random.split(jax.random.key(3), 4000))
+    (ma, sa), (mb, sb) = _mean_se(derived), _mean_se(by_hand)
+    assert abs(ma - mb) < 4 * np.hypot(sa, sb), (ma, sa, mb, sb)
+
+
+def test_learned_guide_schedule_is_initialized_and_trained_by_the_objective():
+    """A guide with a parameter (a learned step scale): init_params includes it, and the objective's gradient
+    in it matches the gradient of the naive elbo(model, guide) in expectation (4 SE)."""
+
+    @gendsl.model
+    def guide(x, ts):
+        s = gendsl.param("guide_scale", 0.3, constraint=dist.constraints.positive)
+        z = x
+        for k in range(len(ts)):
+            z = gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * z, s))
+
+    ts = jnp.arange(1, 5)
+    d = diffusion_elbo(_model, guide, ts)
+    xs = jnp.array([0.5, -1.0, 1.5])
+    objective = d.objective()
+    params, constraints = init_params(objective, jax.random.key(0), xs)
+    assert sorted(params) == ["guide_scale"] and constraints["guide_scale"] is dist.constraints.positive
+    d.check(params, xs[0])
+    keys = jax.random.split(jax.random.key(1), 10_000)
+    derived = jax.jit(jax.vmap(lambda k: objective.grad(k, params, xs)["guide_scale"]))(keys)
+    naive = elbo(_model, guide)
+    brute = jax.jit(
+        jax.vmap(lambda k: jnp.mean(jax.vmap(lambda x: naive.grad(k, params, x, ts)["guide_scale"])(xs)))
+    )(keys)
+    (mb, sb), (md, sd) = _mean_se(brute), _mean_se(derived)
+    assert abs(mb - md) < 4 * np.hypot(sb, sd), (mb, sb, md, sd)
 
 
 # ---------------------------------------------------------------- errors that name the site

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gendsl.inference import ddim_sample, ddpm_sample, edm_sample, guided, karras_sigmas
+from gendsl.inference.diffusion import ddim_sample, ddpm_sample, edm_sample, guided, karras_sigmas
 from gendsl.models.ddpm import linear_alpha_bar
 
 M = jnp.array([1.0, -0.5])

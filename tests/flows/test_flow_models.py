@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.scipy.stats import norm
 
-from gendsl.inference import path_velocity
+from gendsl.inference import init_params
+from gendsl.inference.diffusion import path_velocity
 from gendsl.models import PFGMPP, FlowMatching, coupling_path, edm_sigmas, energy_distance
 
 MU = jnp.array([1.0, -0.5])
@@ -89,7 +90,7 @@ def test_sampling_and_likelihood_compile_once():
             return super().velocity(x, t, params)
 
     fm = Counted(2, hidden=8, depth=1)
-    p0 = fm.objective.init_params(jax.random.key(0), jnp.zeros((4, 2)))[0]
+    p0 = init_params(fm.objective, jax.random.key(0), jnp.zeros((4, 2)))[0]
     p1 = jax.tree_util.tree_map(lambda a: a + 0.1, p0)
     fm.sample(p0, jax.random.key(1), 16, steps=5)
     n = len(traces)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gendsl.inference import (
+from gendsl.inference.diffusion import (
     denoiser_velocity,
     dps_guidance,
     ode_solve,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.scipy.stats import multivariate_normal, norm
 
-from gendsl.inference import denoiser_velocity, ode_log_likelihood, ode_solve, probability_flow
+from gendsl.inference.diffusion import denoiser_velocity, ode_log_likelihood, ode_solve, probability_flow
 from gendsl.testing import assert_unbiased
 
 MU = jnp.array([1.0, -2.0])

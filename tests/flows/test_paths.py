@@ -12,10 +12,9 @@ from scipy.integrate import quad
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import (
-    REINFORCE,
-    EstimatorError,
-    denoising_loss,
+from gendsl.inference import REINFORCE, EstimatorError
+from gendsl.inference.diffusion import (
+    denoising_objective,
     denoising_score_matching,
     flow_matching,
     kernel_score,
@@ -190,7 +189,7 @@ def test_dsm_objective_at_the_exact_score():
     assert_unbiased(_replicates(dsm, {"c": 0.0}, x0), -expected)
 
 
-def test_denoising_loss_at_the_bayes_denoiser():
+def test_denoising_objective_at_the_bayes_denoiser():
     """D(x) = x / (1 + s^2): D - x0 = (s eps - s^2 x0) / (1 + s^2), so the loss is (s^2 d + s^4 m) / (1 + s^2)^2."""
 
     @gendsl.model
@@ -201,8 +200,8 @@ def test_denoising_loss_at_the_bayes_denoiser():
     def bayes(x, sigma):
         return x / (1.0 + sigma**2) + gendsl.param("c", 0.0)
 
-    loss = denoising_loss(ve, bayes, time=dist.Uniform(0.5, 2.0))
+    objective = denoising_objective(ve, bayes, time=dist.Uniform(0.5, 2.0))
     x0 = jax.random.normal(jax.random.key(2), (512, 2))
     m = float(jnp.mean(jnp.sum(x0**2, -1)))
     expected = quad(lambda s: (2 * s**2 + s**4 * m) / (1 + s**2) ** 2, 0.5, 2.0)[0] / 1.5
-    assert_unbiased(_replicates(loss, {"c": 0.0}, x0), -expected)
+    assert_unbiased(_replicates(objective, {"c": 0.0}, x0), -expected)

@@ -13,12 +13,12 @@ import pytest
 from scipy import stats
 
 import gendsl
-from gendsl.inference import (
-    EstimatorError,
+from gendsl.inference import EstimatorError
+from gendsl.inference.diffusion import (
     PFGMPPKernel,
     kernel_score,
     pfgmpp_kernel,
-    pfgmpp_loss,
+    pfgmpp_objective,
     pfgmpp_perturb,
     pfgmpp_r,
 )
@@ -110,17 +110,18 @@ def shrink(x, sigma):
     return gendsl.param("w", 1.0) * x / (1.0 + sigma**2)
 
 
-def test_loss_tends_to_the_gaussian_loss_as_D_grows():
+def test_objective_tends_to_the_gaussian_objective_as_D_grows():
     """Same denoiser and data: the PFGM++ loss gap to EDM's Gaussian loss shrinks like 1/D."""
     data = jax.random.normal(jax.random.key(4), (128, 2)) * 0.5
     keys = jax.random.split(jax.random.key(5), 300)
 
     @jax.jit
     def replicates(D):  # D traced: one compilation for every D
-        obj = pfgmpp_loss(shrink, D=D)
+        obj = pfgmpp_objective(shrink, D=D)
         return jax.vmap(lambda k: obj.estimate(k, {"w": 1.0}, data))(keys)
 
-    gauss = np.asarray(jax.jit(jax.vmap(lambda k: pfgmpp_loss(shrink, D=None).estimate(k, {"w": 1.0}, data)))(keys))
+    gaussian = pfgmpp_objective(shrink, D=None)
+    gauss = np.asarray(jax.jit(jax.vmap(lambda k: gaussian.estimate(k, {"w": 1.0}, data)))(keys))
     gaps = {}
     for D in [4.0, 64.0, 1e5]:
         diff = np.asarray(replicates(jnp.asarray(D))) - gauss  # common random numbers for sigma: paired

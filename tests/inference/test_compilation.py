@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import elbo
+from gendsl.inference import elbo, init_params
 
 
 @gendsl.model
@@ -30,6 +30,6 @@ def test_single_sample_estimator_has_no_size_one_batch_axis():
     # transpose every matmul output (10% slower VAE steps).
     x = jnp.zeros((128, 784))
     objective = elbo(p, q)
-    params = objective.init_params(0, x)[0]
+    params = init_params(objective, 0, x)[0]
     hlo = jax.jit(lambda k, pp: objective.value_and_grad(k, pp, x)).lower(jax.random.key(0), params).compile().as_text()
     assert not re.findall(r"= f32\[1,[\d,]+\]\S* transpose\(", hlo)

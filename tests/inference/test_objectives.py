@@ -30,13 +30,13 @@ from gendsl.testing._checks import assert_unbiased, draw_estimates
 N = 3000
 
 
-def draws(objective, params, *args, n=N, seed=0, what="grad"):
-    def one(k):
-        if what == "grad":
-            return objective.grad(k, params, *args)
-        return objective.estimate(k, params, *args)
+def draws(objective, params, *args, n=N, seed=0):
+    """``n`` independent ``(value, gradient)`` estimates, from one compiled program."""
+    return draw_estimates(lambda k: objective.value_and_grad(k, params, *args), jax.random.key(seed), n)
 
-    return draw_estimates(one, jax.random.key(seed), n)
+
+def grad_draws(objective, params, *args, n=N, seed=0):
+    return draw_estimates(lambda k: objective.grad(k, params, *args), jax.random.key(seed), n)
 
 
 # --- the coin model: discrete, exact by enumeration --------------------------------------
@@ -62,15 +62,17 @@ def log_joint(z, prior):
     return dist.Bernoulli(jax.nn.sigmoid(prior)).log_prob(z) + dist.Normal(2.0 * z, 1.0).log_prob(3.0)
 
 
+def configurations(k):
+    """All 2^k binary configurations, one per row."""
+    return jnp.array(list(itertools.product([0.0, 1.0], repeat=k)))
+
+
 def exact_bound(params, k, combine):
     """sum over the 2^k particle configurations of q(config) * combine(log weights)."""
-    total = 0.0
-    for zs in itertools.product([0.0, 1.0], repeat=k):
-        zs = jnp.array(zs)
-        log_q = dist.Bernoulli(logits=params["theta"]).log_prob(zs)
-        log_w = log_joint(zs, params["prior"]) - log_q
-        total = total + jnp.exp(log_q.sum()) * combine(log_w)
-    return total
+    zs = configurations(k)  # (2^k, k), vectorized: one traced program, not 2^k eager ones
+    log_q = dist.Bernoulli(logits=params["theta"]).log_prob(zs)
+    log_w = log_joint(zs, params["prior"]) - log_q
+    return jnp.sum(jnp.exp(log_q.sum(-1)) * jax.vmap(combine)(log_w))
 
 
 def iw(log_w):
@@ -80,13 +82,13 @@ def iw(log_w):
 @pytest.mark.parametrize("strategy", [REINFORCE, ENUM, MVD], ids=str)
 def test_vimco_is_unbiased_for_the_iwelbo_gradient(strategy):
     objective = vimco(coin, coin_guide(strategy), 3)
-    exact = jax.grad(lambda p: exact_bound(p, 3, iw))(PARAMS)
-    assert_unbiased(draws(objective, PARAMS), exact)
+    exact = jax.jit(jax.grad(lambda p: exact_bound(p, 3, iw)))(PARAMS)
+    assert_unbiased(grad_draws(objective, PARAMS), exact)
 
 
 def test_vimco_reduces_variance_against_plain_reinforce():
-    plain = draws(iwelbo(coin, coin_guide(Reinforce(baseline=None)), 4), PARAMS)["theta"]
-    loo = draws(vimco(coin, coin_guide(REINFORCE), 4), PARAMS)["theta"]
+    plain = grad_draws(iwelbo(coin, coin_guide(Reinforce(baseline=None)), 4), PARAMS)["theta"]
+    loo = grad_draws(vimco(coin, coin_guide(REINFORCE), 4), PARAMS)["theta"]
     ratio = float(np.var(plain) / np.var(loo))
     print(f"VIMCO variance reduction over plain REINFORCE (IWELBO-4): {ratio:.1f}x")
     assert ratio > 2
@@ -98,9 +100,10 @@ def test_renyi_value_and_gradient(alpha):
         return (jax.nn.logsumexp((1 - alpha) * log_w) - jnp.log(2)) / (1 - alpha)
 
     objective = renyi(coin, coin_guide(ENUM), alpha, 2)
-    exact = exact_bound(PARAMS, 2, combine)
-    assert_unbiased(draws(objective, PARAMS, what="value"), exact)
-    assert_unbiased(draws(objective, PARAMS), jax.grad(lambda p: exact_bound(p, 2, combine))(PARAMS))
+    exact_value, exact_grad = jax.jit(jax.value_and_grad(lambda p: exact_bound(p, 2, combine)))(PARAMS)
+    values, grads = draws(objective, PARAMS)
+    assert_unbiased(values, exact_value)
+    assert_unbiased(grads, exact_grad)
 
 
 def test_p_wake_and_q_wake_gradients():
@@ -108,13 +111,10 @@ def test_p_wake_and_q_wake_gradients():
 
     def expected_grad(loss):
         """sum_config q(config) * ∇ loss(config) with the sampling distribution held fixed."""
-        total = jax.tree_util.tree_map(jnp.zeros_like, PARAMS)
-        for zs in itertools.product([0.0, 1.0], repeat=k):
-            zs = jnp.array(zs)
-            prob = jnp.exp(dist.Bernoulli(logits=PARAMS["theta"]).log_prob(zs).sum())
-            g = jax.grad(loss)(PARAMS, zs)
-            total = jax.tree_util.tree_map(lambda t, gi, w=prob: t + w * gi, total, g)
-        return total
+        zs = configurations(k)
+        prob = jnp.exp(dist.Bernoulli(logits=PARAMS["theta"]).log_prob(zs).sum(-1))
+        g = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(PARAMS, zs)
+        return jax.tree_util.tree_map(lambda gi: jnp.sum(prob * gi), g)
 
     def weights(p, zs):
         log_w = log_joint(zs, p["prior"]) - dist.Bernoulli(logits=p["theta"]).log_prob(zs)
@@ -129,11 +129,13 @@ def test_p_wake_and_q_wake_gradients():
         w = jax.nn.softmax(jax.lax.stop_gradient(weights(p, zs)))
         return jnp.sum(w * dist.Bernoulli(logits=p["theta"]).log_prob(zs))
 
-    assert_unbiased(draws(p_wake(coin, coin_guide(REINFORCE), k), PARAMS), expected_grad(p_loss))
-    assert_unbiased(draws(q_wake(coin, coin_guide(REINFORCE), k), PARAMS), expected_grad(q_loss))
-    # p-wake leaves the guide alone, q-wake the model.
-    assert float(jnp.abs(draws(p_wake(coin, coin_guide(REINFORCE), k), PARAMS, n=50)["theta"]).max()) == 0
-    assert float(jnp.abs(draws(q_wake(coin, coin_guide(REINFORCE), k), PARAMS, n=50)["prior"]).max()) == 0
+    g_p = grad_draws(p_wake(coin, coin_guide(REINFORCE), k), PARAMS)
+    g_q = grad_draws(q_wake(coin, coin_guide(REINFORCE), k), PARAMS)
+    assert_unbiased(g_p, expected_grad(p_loss))
+    assert_unbiased(g_q, expected_grad(q_loss))
+    # p-wake leaves the guide alone, q-wake the model: exactly zero in every draw.
+    assert float(jnp.abs(g_p["theta"]).max()) == 0
+    assert float(jnp.abs(g_q["prior"]).max()) == 0
 
 
 def test_sleep_gradient():
@@ -157,7 +159,7 @@ def test_sleep_gradient():
 
     params = {"t": jnp.array([0.2, -0.5])}
     objective = sleep(p, q, observed="x")
-    assert_unbiased(draws(objective, params, 1.0), jax.grad(exact)(params))
+    assert_unbiased(grad_draws(objective, params, 1.0), jax.jit(jax.grad(exact))(params))
 
 
 # --- Gaussian model: DReG and STL against quadrature / closed forms -----------------------
@@ -191,9 +193,10 @@ def quadrature_iwelbo2(params, x=1.0, order=60):
 @pytest.mark.parametrize("estimator", ["score", "dreg"])
 def test_iwelbo_gradients_against_quadrature(estimator):
     objective = iwelbo(gauss, gauss_guide, 2, estimator=estimator)
-    exact = jax.grad(quadrature_iwelbo2)(GP)
-    assert_unbiased(draws(objective, GP, 1.0), exact)
-    assert_unbiased(draws(objective, GP, 1.0, what="value"), quadrature_iwelbo2(GP))
+    exact_value, exact_grad = jax.jit(jax.value_and_grad(quadrature_iwelbo2))(GP)
+    values, grads = draws(objective, GP, 1.0)
+    assert_unbiased(grads, exact_grad)
+    assert_unbiased(values, exact_value)
 
 
 def test_stl_elbo_is_unbiased_and_has_lower_variance_near_the_optimum():
@@ -204,13 +207,16 @@ def test_stl_elbo_is_unbiased_and_has_lower_variance_near_the_optimum():
         entropy = 0.5 * jnp.log(2 * jnp.pi * jnp.e * s**2)
         return e_prior + e_lik + entropy
 
-    exact = jax.grad(exact_elbo)(GP)
-    assert_unbiased(draws(elbo(gauss, gauss_guide, estimator="stl"), GP, 1.0), exact)
-    assert_unbiased(draws(elbo(gauss, gauss_guide), GP, 1.0), exact)
+    exact = jax.jit(jax.grad(exact_elbo))(GP)
+    stl = elbo(gauss, gauss_guide, estimator="stl")
+    # One compiled program for both parameter values: the parameters are an argument.
+    stl_grads = jax.jit(jax.vmap(lambda k, p: stl.grad(k, p, 1.0), in_axes=(0, None)))
+    keys = jax.random.split(jax.random.key(0), N)
+    assert_unbiased(stl_grads(keys, GP), exact)
+    assert_unbiased(grad_draws(elbo(gauss, gauss_guide), GP, 1.0), exact)
     # At the exact posterior (m = (1 + mu0) / 2, s = 1/sqrt 2) STL's guide gradient is exactly zero.
     opt = {"mu0": 0.2, "m": 0.6, "s": 0.5**0.5}
-    g = draws(elbo(gauss, gauss_guide, estimator="stl"), opt, 1.0, n=100)
-    np.testing.assert_allclose(np.asarray(g["m"]), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stl_grads(keys, opt)["m"]), 0.0, atol=1e-5)
 
 
 def test_beta_elbo():
@@ -221,8 +227,10 @@ def test_beta_elbo():
         return e_lik - beta * kl
 
     objective = elbo(gauss, gauss_guide, beta=0.5)
-    assert_unbiased(draws(objective, GP, 1.0, what="value"), exact(GP))
-    assert_unbiased(draws(objective, GP, 1.0), jax.grad(exact)(GP))
+    values, grads = draws(objective, GP, 1.0)
+    exact_value, exact_grad = jax.jit(jax.value_and_grad(exact))(GP)
+    assert_unbiased(values, exact_value)
+    assert_unbiased(grads, exact_grad)
 
 
 # --- hierarchical bounds on a discrete guide with an auxiliary site -----------------------
@@ -258,16 +266,13 @@ def exact_hierarchical(p, outer, inner):
         return dist.Bernoulli(0.35).log_prob(z) + dist.Normal(2.0 * z, 1.0).log_prob(1.5)
 
     per = 2 + (inner - 1)  # u0, z, and the extra proposal draws u_1.. from the prior
-    total = 0.0
-    for bits in itertools.product([0.0, 1.0], repeat=outer * per):
-        bits = jnp.array(bits).reshape(outer, per)
-        u0, z, extra = bits[:, 0], bits[:, 1], bits[:, 2:]
-        prob = log_q_u(u0) + log_q_z(z, u0) + jnp.sum(log_q_u(extra), axis=1)
-        us = jnp.concatenate([u0[:, None], extra], axis=1)
-        log_qhat = jax.nn.logsumexp(log_q_z(z[:, None], us), axis=1) - jnp.log(inner)
-        log_w = log_p(z) - log_qhat
-        total = total + jnp.exp(prob.sum()) * (jax.nn.logsumexp(log_w) - jnp.log(outer))
-    return total
+    bits = configurations(outer * per).reshape(-1, outer, per)  # every configuration at once
+    u0, z, extra = bits[..., 0], bits[..., 1], bits[..., 2:]
+    prob = log_q_u(u0) + log_q_z(z, u0) + jnp.sum(log_q_u(extra), axis=-1)
+    us = jnp.concatenate([u0[..., None], extra], axis=-1)
+    log_qhat = jax.nn.logsumexp(log_q_z(z[..., None], us), axis=-1) - jnp.log(inner)
+    log_w = log_p(z) - log_qhat
+    return jnp.sum(jnp.exp(prob.sum(-1)) * (jax.nn.logsumexp(log_w, axis=-1) - jnp.log(outer)))
 
 
 SLOW = pytest.mark.slow
@@ -287,9 +292,10 @@ def test_hierarchical_bounds(bound, strategy):
         "iwhvi": lambda: iwhvi(hmodel, guide, ["z"], inner),
         "diwhvi": lambda: diwhvi(hmodel, guide, ["z"], outer, inner),
     }[bound]()
-    exact = lambda p: exact_hierarchical(p, outer, inner)  # noqa: E731
-    assert_unbiased(draws(objective, HP, what="value"), exact(HP), name=f"{bound} value")
-    assert_unbiased(draws(objective, HP), jax.grad(exact)(HP), name=f"{bound} gradient")
+    exact_value, exact_grad = jax.jit(jax.value_and_grad(exact_hierarchical), static_argnums=(1, 2))(HP, outer, inner)
+    values, grads = draws(objective, HP)
+    assert_unbiased(values, exact_value, name=f"{bound} value")
+    assert_unbiased(grads, exact_grad, name=f"{bound} gradient")
 
 
 def test_objective_argument_errors():
@@ -327,15 +333,17 @@ def test_per_datapoint_iwelbo_matches_the_iwae_bound():
         total = 0.0
         for i in range(3):
             point = {"mu0": 0.0, "m": params["m"][i], "s": 0.9}
-            total = total + quadrature_iwelbo2(point, x=float(x[i]))
+            total = total + quadrature_iwelbo2(point, x=x[i])
         return total
 
     objective = iwelbo(p, q, 2, plate="data")
-    assert_unbiased(draws(objective, params, x, what="value"), exact(params))
-    assert_unbiased(draws(objective, params, x), jax.grad(exact)(params))
+    exact_value, exact_grad = jax.jit(jax.value_and_grad(exact))(params)
+    values, grads = draws(objective, params, x)
+    assert_unbiased(values, exact_value)
+    assert_unbiased(grads, exact_grad)
     # Tighter than the whole-batch bound.
-    whole = iwelbo(p, q, 2).estimate(jax.random.key(0), params, x, samples=4000)
-    assert float(exact(params)) > float(whole)
+    whole = jax.jit(lambda k: iwelbo(p, q, 2).estimate(k, params, x, samples=4000))(jax.random.key(0))
+    assert float(exact_value) > float(whole)
 
     @gendsl.model
     def global_latent(x):
@@ -354,11 +362,13 @@ def test_per_datapoint_iwelbo_matches_the_iwae_bound():
 def test_rws_combines_p_wake_and_q_wake():
     from gendsl.inference import rws
 
-    key = jax.random.key(4)
-    g = rws(coin, coin_guide(REINFORCE), 3).grad(key, PARAMS)
-    g_p = p_wake(coin, coin_guide(REINFORCE), 3).grad(key, PARAMS)
-    g_q = q_wake(coin, coin_guide(REINFORCE), 3).grad(key, PARAMS)
+    guide = coin_guide(REINFORCE)
+
+    @jax.jit  # one compiled program: the three objectives side by side, on the same key
+    def run(key):
+        return [objective(coin, guide, 3).value_and_grad(key, PARAMS) for objective in (rws, p_wake, q_wake)]
+
+    (value, g), (value_p, g_p), (_, g_q) = run(jax.random.key(4))
     np.testing.assert_allclose(float(g["prior"]), float(g_p["prior"]), rtol=1e-6)
     np.testing.assert_allclose(float(g["theta"]), float(g_q["theta"]), rtol=1e-6)
-    value = rws(coin, coin_guide(REINFORCE), 3).estimate(key, PARAMS)
-    np.testing.assert_allclose(float(value), float(p_wake(coin, coin_guide(REINFORCE), 3).estimate(key, PARAMS)))
+    np.testing.assert_allclose(float(value), float(value_p))

@@ -48,7 +48,7 @@ def dps_guidance(denoiser: Callable, log_likelihood: Callable, *, scale: float =
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from gendsl.inference import dps_guidance
+        >>> from gendsl.inference.diffusion import dps_guidance
         >>> prior = lambda x, s, a: x / (1 + s**2)        # Tweedie denoiser of N(0, I) data
         >>> y = jnp.array([1.0])
         >>> guided = dps_guidance(prior, lambda x0: -0.5 * jnp.sum((y - x0) ** 2) / 0.1**2)
@@ -81,7 +81,7 @@ def tweedie_guidance(denoiser: Callable, forward, y, noise_std) -> Callable:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from gendsl.inference import tweedie_guidance
+        >>> from gendsl.inference.diffusion import tweedie_guidance
         >>> prior = lambda x, s, a: x / (1 + s**2)        # N(0, 1) data
         >>> guided = tweedie_guidance(prior, jnp.eye(1), jnp.array([1.0]), 0.1)
         >>> x = jnp.array([0.4])
@@ -121,7 +121,7 @@ def tweedie_value(reward: Callable, denoiser: Callable, sigmas, *, args: Any = N
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from gendsl.inference import tweedie_value
+        >>> from gendsl.inference.diffusion import tweedie_value
         >>> v = tweedie_value(lambda x0: -jnp.sum(x0**2), lambda x, s, a: x / (1 + s**2), jnp.array([1.0, 0.0]))
         >>> float(v(jnp.array([2.0]), 0, None))
         -1.0
@@ -168,7 +168,7 @@ def svdd_sample(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import svdd_sample
+        >>> from gendsl.inference.diffusion import svdd_sample
         >>> step = lambda k, x, i, a: x + jax.random.normal(k, x.shape)   # a random walk
         >>> value = lambda x, i, a: -jnp.sum(x**2)                       # prefer the origin
         >>> x = svdd_sample(jax.random.key(0), step, value, jnp.zeros((500, 1)), 5, candidates=8)

@@ -13,14 +13,17 @@ site ``x_t ~ k(. | x0, t)``; the denoising-score-matching target
 ``grad_x log k(x_t | x0)`` is ``jax.grad`` of the program's own log density
 (``Model.assess``), so a new kernel needs no hand-derived target.
 
-Conventions (decided here, used by every loss and sampler of this package):
+Conventions (decided here, used by every objective and sampler of this package):
 
 * flow time runs from ``t = 0`` (noise) to ``t = 1`` (data), as in rectified flow
   and Lipman et al.'s flow matching;
-* a loss is returned as a gendsl ``Expectation`` of the *negative* loss (SVI
-  maximizes), averaged over the data points of the batch; the network is a gendsl
-  model ``net(x, t)`` holding its parameters with ``gendsl.module``, applied to one
-  data point (it is ``vmap``-ed over the batch);
+* an objective is a gendsl ``Expectation`` of the quantity to maximize (the
+  *negative* regression loss), averaged over the data points of the batch, and is
+  trained by ``gendsl.inference.SVI`` like the variational objectives; its random
+  choices come from the objective's own key (``objective_key``); the network is a
+  gendsl model ``net(x, t)`` holding its parameters with ``gendsl.module``, applied
+  to one data point (it is ``vmap``-ed over the batch), and the objective's
+  ``init=`` initializes it on one data point;
 * the time (or noise level) of each data point is drawn from ``time``, a NumPyro
   distribution (``Uniform(0, 1)`` by default; EDM's log-normal for noise levels);
 * the path or kernel program is fixed: only the network's parameters are trained
@@ -38,11 +41,12 @@ import numpyro.distributions as ndist
 
 import gendsl
 from gendsl import handlers
-from gendsl.inference._expectation import Expectation, simulate_in_objective
-from gendsl.inference._strategies import EstimatorError, Reparam
+from gendsl.inference import EstimatorError, Reparam, expectation
+from gendsl.inference._expectation import Expectation
+from gendsl.inference.diffusion._objective_key import objective_key
 
 __all__ = [
-    "denoising_loss",
+    "denoising_objective",
     "denoising_score_matching",
     "flow_matching",
     "kernel_score",
@@ -104,7 +108,7 @@ def path_velocity(path, *, site: str = "x_t") -> Callable:
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import linear_path, path_velocity
+        >>> from gendsl.inference.diffusion import linear_path, path_velocity
         >>> x1 = jnp.array([2.0, -1.0])
         >>> x_t, v = path_velocity(linear_path)(jax.random.key(0), 0.3, x1)
         >>> x0 = (x_t - 0.3 * x1) / 0.7                  # the noise endpoint
@@ -147,7 +151,7 @@ def kernel_score(kernel, *, site: str = "x_t") -> Callable:
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
-        >>> from gendsl.inference import kernel_score
+        >>> from gendsl.inference.diffusion import kernel_score
         >>> @gendsl.model
         ... def vp(t, x0):   # x_t ~ N(a x0, s^2)
         ...     a, s = jnp.cos(t), jnp.sin(t)
@@ -172,7 +176,7 @@ def kernel_score(kernel, *, site: str = "x_t") -> Callable:
             raise EstimatorError(
                 f"{_name(kernel)}: the score of k(x_t | x0) needs x_t's density in closed form, but the "
                 f"kernel also draws {others}; sample '{site}' directly from one distribution with a "
-                "log_prob (for PFGM++ use gendsl.inference.PFGMPPKernel)"
+                "log_prob (for PFGM++ use gendsl.inference.diffusion.PFGMPPKernel)"
             )
         target = jax.grad(lambda x: kernel.assess({site: x}, t, *args))(value)
         return value, target
@@ -180,27 +184,13 @@ def kernel_score(kernel, *, site: str = "x_t") -> Callable:
     return score
 
 
-# -- the objective's randomness -------------------------------------------------------------
-
-
-@gendsl.model
-def _key_program():
-    return gendsl.prng_key("key")
-
-
-def _objective_key(name: str) -> jax.Array:
-    """A key for the current objective execution, derived from its address like any sim draw.
-
-    The loss's random choices (times, path noise) do not depend on the parameters,
-    so drawing them from a key is exactly the reparameterized estimator.
-    """
-    return simulate_in_objective(_key_program, name, (), {}).retval
+# -- the objective ----------------------------------------------------------------------------
 
 
 def _batch_size(data) -> int:
     leaves = jax.tree_util.tree_leaves(data)
     if not leaves:
-        raise ValueError("a diffusion/flow loss needs a batch of data with a leading axis, got an empty pytree")
+        raise ValueError("a diffusion/flow objective needs a batch of data with a leading axis, got an empty pytree")
     return leaves[0].shape[0]
 
 
@@ -209,33 +199,23 @@ def _per_point(fn, key, t, data):
     return jax.vmap(fn)(keys, t, data)
 
 
-class _NetObjective(Expectation):
-    """An objective whose parameters are those of a per-data-point network ``net(x, t)``.
+def _net_init(net, draw, time):
+    """``init(key, data, *args)`` for an objective whose parameters are those of a per-data-point network.
 
-    ``init_params`` calls the network on one data point's ``x_t`` (the objective
-    itself is called with a whole batch, which the network never sees).
+    The objective is called with a whole batch, which the network never sees: it is
+    initialized on one data point's ``x_t`` at a typical time.
     """
 
-    def __init__(self, fn, net, example):
-        super().__init__(fn, (net,))
-        self._example = example
-
-    def init_params(self, key, data, *args, **kwargs):
-        x_t, t = self._example(jax.tree_util.tree_map(lambda a: a[0], data), *args)
-        return self.models[0].init_with_constraints(key, x_t, t)
-
-
-def _objective(fn, net, draw, time):
-    """Wrap ``fn`` as an objective whose ``init_params`` runs ``net`` on ``draw``'s ``x_t`` at a typical time."""
-
-    def example(datum, *args):
+    def init(key, data, *args, **kwargs):
+        datum = jax.tree_util.tree_map(lambda a: a[0], data)
         t = jnp.asarray(time.mean, jnp.result_type(float))
         t = jnp.where(jnp.isfinite(t), t, 1.0)
         # Only the shape of x_t matters to initialize the network: no need to run the sampler.
         shape = jax.eval_shape(lambda d, a: draw(jax.random.key(0), t, d, *a), datum, args)
-        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape), t
+        x_t = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+        return net.init_with_constraints(key, x_t, t)
 
-    return _NetObjective(fn, net, example)
+    return init
 
 
 def _sq(a, b):
@@ -268,7 +248,7 @@ def flow_matching(
         site: the address of ``x_t`` in ``path``.
         time: distribution of ``t`` (default ``Uniform(0, 1)``).
         weight: optional ``w(t)``.
-        name: the address of the loss's draws inside the objective.
+        name: the address of the objective's draws (its ``objective_key``).
 
     Returns:
         An ``Expectation`` of ``F(params, data)``; ``data`` has a leading batch axis
@@ -276,7 +256,7 @@ def flow_matching(
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl
-        >>> from gendsl.inference import flow_matching, linear_path
+        >>> from gendsl.inference.diffusion import flow_matching, linear_path
         >>> @gendsl.model
         ... def v(x, t):                      # a "network" with one parameter
         ...     return gendsl.param("w", jnp.zeros(2)) + 0.0 * x * t
@@ -310,14 +290,14 @@ def denoising_score_matching(
         site: the address of ``x_t`` in ``kernel``.
         time: distribution of ``t`` (default ``Uniform(0, 1)``).
         weight: ``w(t)``; ``sigma(t)^2`` makes the loss scale-free for Gaussian kernels.
-        name: the address of the loss's draws inside the objective.
+        name: the address of the objective's draws (its ``objective_key``).
 
     Returns:
         An ``Expectation`` of ``F(params, x0_batch)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
-        >>> from gendsl.inference import denoising_score_matching
+        >>> from gendsl.inference.diffusion import denoising_score_matching
         >>> @gendsl.model
         ... def ve(t, x0):
         ...     gendsl.sample("x_t", dist.Normal(x0, t).to_event(1))
@@ -336,7 +316,7 @@ def denoising_score_matching(
     return _regression(name, net, time, weight, target)
 
 
-def denoising_loss(
+def denoising_objective(
     kernel,
     denoiser,
     *,
@@ -345,7 +325,7 @@ def denoising_loss(
     weight: Callable | None = None,
     name: str = "denoising",
 ) -> Expectation:
-    """The x0-prediction loss of a kernel program: ``-E w(t) ||D(x_t, t) - x0||^2``.
+    """The x0-prediction (denoising) objective of a kernel program: ``-E w(t) ||D(x_t, t) - x0||^2``.
 
     Its minimizer is ``D(x, t) = E[x0 | x_t = x]`` for any kernel, Gaussian or not
     (PFGM++ trains this way); ``x_t`` is drawn by running the kernel program.
@@ -357,23 +337,23 @@ def denoising_loss(
         site: the address of ``x_t``.
         time: distribution of ``t`` (for noise levels: EDM's ``LogNormal(-1.2, 1.2)``).
         weight: ``w(t)``; EDM's is ``(t^2 + s^2) / (t s)^2`` for data scale ``s``.
-        name: the address of the loss's draws inside the objective.
+        name: the address of the objective's draws (its ``objective_key``).
 
     Returns:
         An ``Expectation`` of ``F(params, x0_batch)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
-        >>> from gendsl.inference import denoising_loss
+        >>> from gendsl.inference.diffusion import denoising_objective
         >>> @gendsl.model
         ... def ve(sigma, x0):
         ...     gendsl.sample("x_t", dist.Normal(x0, sigma).to_event(1))
         >>> @gendsl.model
         ... def d(x, sigma):                  # the Bayes denoiser for N(0, I) data
         ...     return x / (1.0 + sigma**2) + gendsl.param("b", 0.0)
-        >>> loss = denoising_loss(ve, d, time=dist.Uniform(1.0, 1.0 + 1e-6))
+        >>> objective = denoising_objective(ve, d, time=dist.Uniform(1.0, 1.0 + 1e-6))
         >>> x0 = jax.random.normal(jax.random.key(1), (8192, 2))
-        >>> value = loss.estimate(jax.random.key(0), {"b": 0.0}, x0)
+        >>> value = objective.estimate(jax.random.key(0), {"b": 0.0}, x0)
         >>> bool(jnp.abs(value + 1.0) < 0.05)   # -d * Var[x0 | x_t] = -2 * 1/2
         True
     """
@@ -391,14 +371,14 @@ def _regression(name, net, time, weight, draw_and_target) -> Expectation:
     """``-E w(t) ||net(x_t, t) - target||^2``: ``draw_and_target(key, t, x0, *args) -> (x_t, target)``."""
 
     def objective(params, data, *args):
-        k_t, k_draw = jax.random.split(_objective_key(name))
+        k_t, k_draw = jax.random.split(objective_key(name))
         t = time.sample(k_t, (_batch_size(data),))
         x_t, target = _per_point(lambda k, ti, d: draw_and_target(k, ti, d, *args), k_draw, t, data)
         pred = jax.vmap(net.bind(params))(x_t, t)
         return -jnp.mean(_weights(weight, t) * _sq(pred, target))
 
     objective.__name__ = name
-    return _objective(objective, net, lambda *a: draw_and_target(*a)[0], time)
+    return expectation(objective, models=(net,), init=_net_init(net, lambda *a: draw_and_target(*a)[0], time))
 
 
 # -- library paths ---------------------------------------------------------------------------
@@ -417,7 +397,7 @@ def linear_path(t, x1):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import linear_path
+        >>> from gendsl.inference.diffusion import linear_path
         >>> tr = linear_path.simulate(jax.random.key(0), 1.0, jnp.ones(2))
         >>> bool(jnp.allclose(tr.deterministics["x_t"], 1.0))
         True
@@ -434,7 +414,7 @@ def trig_path(t, x1):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import trig_path
+        >>> from gendsl.inference.diffusion import trig_path
         >>> tr = trig_path.simulate(jax.random.key(0), 0.0, jnp.ones(2))
         >>> bool(jnp.allclose(tr.deterministics["x_t"], tr.choices["x0"]))
         True
@@ -460,7 +440,7 @@ def stochastic_interpolant(alpha: Callable, beta: Callable, gamma: Callable):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import path_velocity, stochastic_interpolant
+        >>> from gendsl.inference.diffusion import path_velocity, stochastic_interpolant
         >>> path = stochastic_interpolant(lambda t: 1 - t, lambda t: t, lambda t: t * (1 - t))
         >>> x_t, v = path_velocity(path)(jax.random.key(0), 0.25, jnp.zeros(3))
         >>> v.shape

@@ -13,6 +13,7 @@ from typing import Any
 from numpyro.primitives import Messenger
 
 from gendsl._address import as_key, site_key
+from gendsl._messages import ADDRESS, INFER_STRATEGY
 
 __all__ = ["seed", "strategy"]
 
@@ -57,7 +58,7 @@ class seed(Messenger):
             return
         if msg["kwargs"].get("rng_key") is not None or msg.get("value") is not None:
             return
-        address = msg.get("gendsl_address")
+        address = msg.get(ADDRESS)
         if address is None:
             if msg["type"] in ("prng_key", "control_flow"):
                 # numpyro.prng_key() carries no name: fall back to program order.
@@ -84,7 +85,9 @@ class strategy(Messenger):
         rules: a mapping from address patterns (``fnmatch`` syntax: ``"z"``,
             ``"chain/*"``) to strategies, or a callable ``address -> strategy | None``.
             An exact address match takes precedence over patterns; otherwise the
-            first matching pattern in insertion order applies.
+            first matching pattern in insertion order applies. The key ``None``
+            names every latent site whose distribution has no reparameterized
+            sampler (the discrete ones), when no pattern matched.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -108,20 +111,26 @@ class strategy(Messenger):
         self.rules = rules
         super().__init__(fn)
 
-    def lookup(self, address: str) -> Any:
-        """The strategy this handler assigns to ``address``, or None."""
+    def lookup(self, address: str, fn: Any = None) -> Any:
+        """The strategy this handler assigns to ``address`` (a site with distribution ``fn``), or None."""
         if callable(self.rules):
             return self.rules(address)
         if address in self.rules:
             return self.rules[address]
         for pattern, value in self.rules.items():
-            if fnmatch.fnmatchcase(address, pattern):
+            if pattern is not None and fnmatch.fnmatchcase(address, pattern):
                 return value
+        if None in self.rules and fn is not None and not fn.has_rsample:
+            return self.rules[None]
         return None
 
     def process_message(self, msg) -> None:
         if msg["type"] != "sample" or msg["is_observed"]:
             return
-        value = self.lookup(msg["name"])
+        value = self.lookup(msg["name"], msg["fn"])
         if value is not None:
-            msg["infer"]["strategy"] = value
+            msg["infer"][INFER_STRATEGY] = value
+
+    def loop_site(self, probe) -> None:
+        """Annotate a site of a ``gendsl.scan`` body by its full address (``"loop/x"``)."""
+        self.process_message(probe)

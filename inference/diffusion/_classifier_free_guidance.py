@@ -39,6 +39,12 @@ class Guided:
 
     Hashable and compared by value, so samplers jitted on it compile once per
     ``(fn, w, null)``. Create it with ``guided``.
+
+    Example:
+        >>> from gendsl.inference.diffusion import Guided, guided
+        >>> f = lambda params, z, t, label: z * (label + 1.0)
+        >>> guided(f, 1.0, null=0) == Guided(f, 1.0, 0), float(guided(f, 1.0, null=0)(None, 2.0, 0.5, 2))
+        (True, 10.0)
     """
 
     fn: Callable

@@ -28,16 +28,16 @@ from numpyro.distributions.util import promote_shapes
 
 import gendsl
 from gendsl.inference._expectation import Expectation
-from gendsl.inference._paths import denoising_loss
+from gendsl.inference.diffusion._paths import denoising_objective
 
-__all__ = ["PFGMPPKernel", "pfgmpp_kernel", "pfgmpp_loss", "pfgmpp_perturb", "pfgmpp_r"]
+__all__ = ["PFGMPPKernel", "pfgmpp_kernel", "pfgmpp_objective", "pfgmpp_perturb", "pfgmpp_r"]
 
 
 def pfgmpp_r(sigma, D):
     """The alignment ``r = sigma sqrt(D)`` that matches PFGM++ with D extra dimensions to EDM's sigma.
 
     Example:
-        >>> from gendsl.inference import pfgmpp_r
+        >>> from gendsl.inference.diffusion import pfgmpp_r
         >>> float(pfgmpp_r(2.0, 16))
         8.0
     """
@@ -64,7 +64,7 @@ class PFGMPPKernel(ndist.Distribution):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import PFGMPPKernel
+        >>> from gendsl.inference.diffusion import PFGMPPKernel
         >>> k = PFGMPPKernel(jnp.zeros(2), r=1.0, D=2)
         >>> round(float(k.log_prob(jnp.zeros(2))), 4)   # log(Gamma(2) / (pi Gamma(1)))
         -1.1447
@@ -117,7 +117,7 @@ def pfgmpp_perturb(sigma, y, D):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import pfgmpp_perturb
+        >>> from gendsl.inference.diffusion import pfgmpp_perturb
         >>> tr = jax.jit(pfgmpp_perturb.simulate)(jax.random.key(0), 1.0, jnp.zeros(3), 8.0)
         >>> sorted(tr.choices), tr.deterministics["x_t"].shape
         (['B', 'direction'], (3,))
@@ -139,7 +139,7 @@ def pfgmpp_kernel(D):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import kernel_score, pfgmpp_kernel
+        >>> from gendsl.inference.diffusion import kernel_score, pfgmpp_kernel
         >>> x, s = kernel_score(pfgmpp_kernel(4.0))(jax.random.key(0), 1.0, jnp.zeros(2))
         >>> bool(jnp.allclose(s, -(2 + 4) * x / (x @ x + 4.0), rtol=1e-5))
         True
@@ -158,36 +158,37 @@ def pfgmpp_kernel(D):
     return kernel
 
 
-def pfgmpp_loss(
+def pfgmpp_objective(
     denoiser, *, D, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, name: str = "pfgmpp"
 ) -> Expectation:
-    """The PFGM++ training objective: EDM's weighted denoising loss under the PFGM++ kernel.
+    """The PFGM++ training objective: minus EDM's weighted denoising loss under the PFGM++ kernel.
 
     ``sigma ~ LogNormal(p_mean, p_std)``, ``x = y + (PFGM++ kernel draw with
     r = sigma sqrt(D))``, loss ``lambda(sigma) ||D(x, sigma) - y||^2`` with
-    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``; ``D=None`` is
-    EDM's Gaussian loss. Derived with ``denoising_loss`` from ``pfgmpp_kernel(D)``.
+    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``; the objective is
+    its negative mean over the batch; ``D=None`` is EDM's Gaussian case. Derived with
+    ``denoising_objective`` from ``pfgmpp_kernel(D)``.
 
     Args:
         denoiser: gendsl model ``denoiser(x, sigma)`` (one data point).
         D: augmented dimensions, or None for the Gaussian (D -> inf) limit.
         sigma_data, p_mean, p_std: EDM's data scale and noise-level distribution.
-        name: the address of the loss's draws inside the objective.
+        name: the address of the objective's draws (its ``objective_key``).
 
     Returns:
         An ``Expectation`` of ``F(params, y_batch)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl
-        >>> from gendsl.inference import pfgmpp_loss
+        >>> from gendsl.inference.diffusion import pfgmpp_objective
         >>> @gendsl.model
         ... def d(x, sigma):
         ...     return gendsl.param("w", 1.0) * x
-        >>> obj = pfgmpp_loss(d, D=128)
+        >>> obj = pfgmpp_objective(d, D=128)
         >>> float(jax.jit(obj.estimate)(jax.random.key(0), {"w": 0.5}, jnp.zeros((64, 2)))) < 0
         True
     """
     weight = lambda s: (s**2 + sigma_data**2) / (s * sigma_data) ** 2  # noqa: E731
-    return denoising_loss(
+    return denoising_objective(
         pfgmpp_kernel(D), denoiser, time=ndist.LogNormal(p_mean, p_std), weight=weight, name=name
     )

@@ -28,7 +28,12 @@ recognizes the Gaussian-linear structure and derives from it:
 * the model's implied predictions of ``x`` (x0), of the noise (eps) and of
   ``v = A eps - S x``, obtained by inverting the posterior-mean map, hence the
   per-step weights of the KL in each parameterization and the reweighted
-  ("simple") losses.
+  ("simple") objectives.
+
+Both objectives (``DiffusionELBO.objective`` and ``.simple_objective``) are
+``Expectation``s of the quantity to maximize, trained by ``gendsl.inference.SVI``
+like the variational objectives; their random choices (the step, the noise) come
+from the objective's own key.
 
 Design decisions:
 
@@ -43,13 +48,13 @@ Design decisions:
   time independent of ``n``. This is the only convention the derivation needs:
   a program run on a sub-grid is the same chain restricted to that grid
   (Gen's ``Unfold`` semantics). Sites are identified by execution order.
-* **One example per execution.** Both programs take one data point; the losses
+* **One example per execution.** Both programs take one data point; the objectives
   ``vmap`` over a batch. The guide's coefficients therefore have the data's
   event shape, not the batch's.
 * **Fixed schedules cost nothing.** When the guide has no parameters its
   coefficients are computed once, eagerly (``jax.ensure_compile_time_eval``),
-  and enter compiled losses as constants. A guide with parameters (a learned
-  discrete schedule) is re-traced inside every loss call.
+  and enter compiled objectives as constants. A guide with parameters (a learned
+  discrete schedule) is re-traced inside every objective call.
 """
 
 from __future__ import annotations
@@ -63,15 +68,31 @@ import numpyro.distributions as nd
 
 import gendsl
 from gendsl import handlers
-from gendsl._errors import GendslError
+from gendsl.inference import expectation
+from gendsl.inference._expectation import Expectation
+from gendsl.inference.diffusion._objective_key import objective_key
 
 __all__ = ["DiffusionELBO", "DiffusionStructureError", "GaussianChain", "diffusion_elbo", "gaussian_kl"]
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
-class DiffusionStructureError(GendslError, ValueError):
-    """A program pair is not of the form a diffusion objective can be derived from."""
+class DiffusionStructureError(gendsl.GendslError, ValueError):
+    """A program pair is not of the form a diffusion objective can be derived from; the message names the site.
+
+    Example:
+        >>> import gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference.diffusion import DiffusionStructureError, diffusion_elbo
+        >>> @gendsl.model
+        ... def guide(x, ts):
+        ...     for k in range(len(ts)):
+        ...         x = gendsl.sample(f"z{k + 1}", dist.Laplace(0.9 * x, 0.3))
+        >>> try:
+        ...     diffusion_elbo(guide, guide, ts=[1, 2]).chain({}, 0.0)
+        ... except DiffusionStructureError as e:
+        ...     print(str(e).split(":")[0])
+        guide site 'z1' is Laplace, expected a Normal (possibly expanded / .to_event())
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +107,19 @@ class GaussianChain:
         a, b, s: ``q(z_k | z_{k-1}) = N(a_k z_{k-1} + b_k, s_k^2)`` with ``z_0 = x``.
         A, B, S: the collapsed marginals ``q(z_k | x) = N(A_k x + B_k, S_k^2)``.
         table: per step, ``(A, B, S, c_x, c_z, c_0, var)`` stacked on axis 1, where
-            ``q(z_{k-1} | z_k, x) = N(c_x x + c_z z_k + c_0, var)``: a loss reads one
+            ``q(z_{k-1} | z_k, x) = N(c_x x + c_z z_k + c_0, var)``: an objective reads one
             row per sampled step (one gather instead of nine).
+
+    Example:
+        >>> import gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference.diffusion import diffusion_elbo
+        >>> @gendsl.model
+        ... def guide(x, ts):                 # q(z_k | z_{k-1}) = N(0.6 z_{k-1}, 0.8^2)
+        ...     for k in range(len(ts)):
+        ...         x = gendsl.sample(f"z{k + 1}", dist.Normal(0.6 * x, 0.8))
+        >>> chain = diffusion_elbo(guide, guide, ts=[1, 2]).chain({}, 0.0)
+        >>> [round(float(a), 4) for a in chain.A], [round(float(s), 4) for s in chain.S]  # 0.6^k, sqrt(1 - 0.36^k)
+        ([0.6, 0.36], [0.8, 0.933])
     """
 
     names: tuple[str, ...]
@@ -104,7 +136,7 @@ class GaussianChain:
         a, s2 = self.a[1:], self.s[1:] ** 2
         var = 1.0 / (prec_prev + a**2 / s2)
         post = [var * self.A[:-1] * prec_prev, var * a / s2, var * (self.B[:-1] * prec_prev - a * self.b[1:] / s2), var]
-        # Step 0 has no posterior (its parent is the data): harmless placeholders, never read by the losses.
+        # Step 0 has no posterior (its parent is the data): harmless placeholders, never read by the objectives.
         post = [jnp.concatenate([jnp.ones_like(c[:1]), c]) for c in post]
         object.__setattr__(self, "table", jnp.stack([self.A, self.B, self.S, *post], axis=1))
 
@@ -191,7 +223,30 @@ def _concrete(*trees) -> bool:
 
 
 class DiffusionELBO:
-    """The diffusion objectives derived from a program pair; create it with ``diffusion_elbo``."""
+    """The diffusion objectives derived from a program pair; create it with ``diffusion_elbo``.
+
+    Objectives (``Expectation``s to maximize, of ``F(params, xs, *args)`` on a batch):
+    ``objective()`` (the ELBO) and ``simple_objective(parameterization=...)``. Per data
+    point, with an explicit key: ``elbo``, ``terms``, ``predictions``. And the derivation
+    itself: ``chain`` (the recognized forward chain), ``weights``, ``check``.
+
+    Example:
+        >>> import jax.numpy as jnp, gendsl, gendsl.distributions as dist
+        >>> from gendsl.inference.diffusion import diffusion_elbo
+        >>> @gendsl.model
+        ... def guide(x, ts):
+        ...     for k in range(len(ts)):
+        ...         x = gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * x, 0.3))
+        >>> @gendsl.model
+        ... def model(x, ts):
+        ...     z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+        ...     for k in range(len(ts) - 1, 0, -1):
+        ...         z = gendsl.sample(f"z{k}", dist.Normal(0.5 * z, 0.5))
+        ...     gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+        >>> d = diffusion_elbo(model, guide, ts=jnp.arange(1, 4))
+        >>> d.n, d.chain({}, 0.0).names
+        (3, ('z1', 'z2', 'z3'))
+    """
 
     def __init__(self, model, guide, ts) -> None:
         self.model = gendsl.model(model)
@@ -203,6 +258,7 @@ class DiffusionELBO:
             raise ValueError("diffusion_elbo: ts must be strictly increasing (t_1 < ... < t_n)")
         self.n = int(self.ts.shape[0])
         self._cache: dict = {}
+        self._objectives: dict = {}
 
     # ------------------------------------------------------------------ the guide
     def chain(self, params: dict, x_like) -> GaussianChain:
@@ -217,17 +273,23 @@ class DiffusionELBO:
                 mean is not affine / diagonal / Markov in the previous site, or its
                 scale depends on it. The message names the site.
         """
+        fixed = self._fixed_chain(x_like)
+        if fixed is not None:
+            return fixed
+        return self._extract(params, jnp.shape(x_like), jnp.result_type(x_like))[0]
+
+    def _fixed_chain(self, x_like) -> GaussianChain | None:
+        """The chain of a guide without parameters, computed once per shape; None if the guide has parameters."""
         shape, dtype = jnp.shape(x_like), jnp.result_type(x_like)
         cache_key = (shape, str(dtype))
         if cache_key not in self._cache:
             # First try without parameters, at compile time: a fixed schedule (the usual case) is then computed
-            # once, and enters every compiled loss as constants. A guide that declares parameters (a learned
+            # once, and enters every compiled objective as constants. A guide that declares parameters (a learned
             # schedule) is marked and re-traced with the given parameters on every call.
             with jax.ensure_compile_time_eval():
                 fixed, uses_params = self._extract({}, shape, dtype)
             self._cache[cache_key] = None if uses_params else fixed
-        fixed = self._cache[cache_key]
-        return fixed if fixed is not None else self._extract(params, shape, dtype)[0]
+        return self._cache[cache_key]
 
     def _extract(self, params, shape, dtype) -> tuple[GaussianChain, bool]:
         """The chain and whether the guide declares parameters."""
@@ -288,7 +350,7 @@ class DiffusionELBO:
             self._check_affine(names, out)
         a, b, s = out["a"], out["b"], out["s"]
         if _concrete(a, b, s) and all(_uniform(c) for c in (a, b, s)):
-            # One schedule for every element: scalars per step, so a loss gathers scalars, not event-sized rows.
+            # One schedule for every element: scalars per step, so an objective gathers scalars, not event-sized rows.
             a, b, s = (c.reshape(self.n, -1)[:, 0] for c in (a, b, s))
         A, B, S = _collapse(a, b, s)
         return GaussianChain(tuple(names), a, b, s, A, B, S), bool(declared)
@@ -404,34 +466,148 @@ class DiffusionELBO:
         t = self.terms(params, key, x, *args)
         return t["reconstruction"] - t["prior_kl"] - (self.n - 1) * t["step_kl"]
 
-    def loss(self, params, key, xs, *args) -> jax.Array:
-        """Negative ELBO per data point, averaged over the batch ``xs`` (leading axis; ``args`` batched too)."""
-        keys = jax.random.split(key, jnp.shape(xs)[0])
-        return -jnp.mean(jax.vmap(lambda kk, x, *a: self.elbo(params, kk, x, *a))(keys, xs, *args))
+    def _simple_error(self, params, key, x, *args, parameterization: str) -> jax.Array:
+        """Mean squared error of one data point's implied prediction at a uniformly drawn reverse step."""
+        chain = self.chain(params, x)
+        k_step, k_z, k_model = jax.random.split(key, 3)
+        k = jax.random.randint(k_step, (), 1, self.n)
+        eps = jax.random.normal(k_z, jnp.shape(x), jnp.result_type(x))
+        A, B, S, *_ = chain.at(k)
+        z_k = A * x + B + S * eps
+        pred = self.predictions(params, k_model, x, k, z_k, *args, chain=chain)[parameterization]
+        target = {"eps": eps, "x0": x, "v": A * eps - S * x}[parameterization]
+        return jnp.mean((pred - target) ** 2)
 
-    def simple_loss(self, params, key, xs, *args, parameterization: str = "eps") -> jax.Array:
-        """The reweighted ("simple") loss: mean squared error of the implied prediction, uniform step.
+    def objective(self, *, name: str = "diffusion_elbo") -> Expectation:
+        """The ELBO as an objective: an ``Expectation`` of the mean per-point ELBO of a batch.
 
-        Ho et al.'s ``L_simple`` is ``parameterization="eps"``; ``"x0"`` and
-        ``"v"`` (Salimans & Ho 2022) are the same loss with the other targets. The
-        steps are the reverse steps ``k = 2..n`` of the chain (the decoder step is
-        the model's own and is not part of it).
+        ``F(params, xs, *args)``: ``xs`` is a batch of data points (leading axis) and
+        ``args`` are batched too (per-point conditions). Each point's ELBO is estimated
+        by ``elbo`` with a key drawn from the objective's own key (``objective_key(name)``).
+        Its parameters start from ``DiffusionELBO.init_params`` (its ``init=``).
+
+        Example:
+            >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
+            >>> from gendsl.inference import init_params
+            >>> from gendsl.inference.diffusion import diffusion_elbo
+            >>> @gendsl.model
+            ... def guide(x, ts):
+            ...     z = x
+            ...     for k in range(len(ts)):
+            ...         z = gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * z, 0.3))
+            >>> @gendsl.model
+            ... def model(x, ts):
+            ...     z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+            ...     for k in range(len(ts) - 1, 0, -1):
+            ...         z = gendsl.sample(f"z{k}", dist.Normal(gendsl.param("a", 0.5) * z, 0.5))
+            ...     gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+            >>> objective = diffusion_elbo(model, guide, ts=jnp.arange(1, 6)).objective()
+            >>> xs = jnp.linspace(-1.0, 1.0, 64)
+            >>> params, _ = init_params(objective, jax.random.key(0), xs)
+            >>> value, grads = jax.jit(objective.value_and_grad)(jax.random.key(1), params, xs)
+            >>> value.shape, sorted(grads)
+            ((), ['a'])
+        """
+        cache_key = ("elbo", name)
+        if cache_key not in self._objectives:
+
+            def fn(params, xs, *args):
+                keys = jax.random.split(objective_key(name), jnp.shape(xs)[0])
+                return jnp.mean(jax.vmap(lambda kk, x, *a: self.elbo(params, kk, x, *a))(keys, xs, *args))
+
+            self._objectives[cache_key] = self._expectation(fn, name)
+        return self._objectives[cache_key]
+
+    def simple_objective(self, *, parameterization: str = "eps", name: str = "diffusion_simple") -> Expectation:
+        """The reweighted ("simple") objective: minus the mean squared error of the implied prediction.
+
+        ``F(params, xs, *args) = -mean_i mean ||pred_i - target_i||^2`` at a uniformly
+        drawn reverse step per data point. Ho et al.'s ``L_simple`` is
+        ``parameterization="eps"``; ``"x0"`` and ``"v"`` (Salimans & Ho 2022) are the
+        same objective with the other targets. The steps are the reverse steps
+        ``k = 2..n`` of the chain (the decoder step is the model's own and is not part
+        of it). The draws come from ``objective_key(name)``; the parameters start from
+        ``DiffusionELBO.init_params`` (its ``init=``).
+
+        Example:
+            >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
+            >>> from gendsl.inference.diffusion import diffusion_elbo
+            >>> @gendsl.model
+            ... def guide(x, ts):
+            ...     z = x
+            ...     for k in range(len(ts)):
+            ...         z = gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * z, 0.3))
+            >>> @gendsl.model
+            ... def model(x, ts):
+            ...     z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+            ...     for k in range(len(ts) - 1, 0, -1):
+            ...         z = gendsl.sample(f"z{k}", dist.Normal(gendsl.param("a", 0.5) * z, 0.5))
+            ...     gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+            >>> objective = diffusion_elbo(model, guide, ts=jnp.arange(1, 6)).simple_objective(parameterization="x0")
+            >>> float(objective.estimate(jax.random.key(0), {"a": 0.5}, jnp.zeros((8,)))) <= 0.0
+            True
         """
         _check_parameterization(parameterization)
+        cache_key = ("simple", parameterization, name)
+        if cache_key not in self._objectives:
 
-        def one(kk, x, *a):
-            chain = self.chain(params, x)
-            k_step, k_z, k_model = jax.random.split(kk, 3)
-            k = jax.random.randint(k_step, (), 1, self.n)
-            eps = jax.random.normal(k_z, jnp.shape(x), jnp.result_type(x))
-            A, B, S, *_ = chain.at(k)
-            z_k = A * x + B + S * eps
-            pred = self.predictions(params, k_model, x, k, z_k, *a, chain=chain)[parameterization]
-            target = {"eps": eps, "x0": x, "v": A * eps - S * x}[parameterization]
-            return jnp.mean((pred - target) ** 2)
+            def fn(params, xs, *args):
+                keys = jax.random.split(objective_key(name), jnp.shape(xs)[0])
 
-        keys = jax.random.split(key, jnp.shape(xs)[0])
-        return jnp.mean(jax.vmap(one)(keys, xs, *args))
+                def one(kk, x, *a):
+                    return self._simple_error(params, kk, x, *a, parameterization=parameterization)
+
+                return -jnp.mean(jax.vmap(one)(keys, xs, *args))
+
+            self._objectives[cache_key] = self._expectation(fn, name)
+        return self._objectives[cache_key]
+
+    def _expectation(self, fn, name: str) -> Expectation:
+        fn.__name__ = name
+        return expectation(fn, models=(self.model, self.guide), init=self.init_params)
+
+    def init_params(self, key, xs, *args, **kwargs) -> tuple[dict, dict]:
+        """Initial parameters of the model (and of the guide, if it declares any) and their constraints.
+
+        The programs are run on the first data point of the batch ``xs`` (and of each
+        batched argument), the model on the two-time grid ``ts[:2]`` (its prior, one
+        reverse step and its decoder), the guide on the whole grid.
+
+        Raises:
+            ValueError: the model and the guide declare a parameter of the same name.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
+            >>> from gendsl.inference.diffusion import diffusion_elbo
+            >>> @gendsl.model
+            ... def guide(x, ts):
+            ...     for k in range(len(ts)):
+            ...         x = gendsl.sample(f"z{k + 1}", dist.Normal(0.9 * x, 0.3))
+            >>> @gendsl.model
+            ... def model(x, ts):
+            ...     z = gendsl.sample(f"z{len(ts)}", dist.Normal(0.0, 1.0))
+            ...     for k in range(len(ts) - 1, 0, -1):
+            ...         z = gendsl.sample(f"z{k}", dist.Normal(0.5 * z, 0.5))
+            ...     s = gendsl.param("s", 0.3, constraint=dist.constraints.positive)
+            ...     gendsl.sample("x", dist.Normal(z, s), obs=x)
+            >>> params, constraints = diffusion_elbo(model, guide, ts=jnp.arange(1, 4)).init_params(
+            ...     jax.random.key(0), jnp.zeros(16))
+            >>> round(float(params["s"]), 4), constraints["s"] is dist.constraints.positive
+            (0.3, True)
+        """
+        x = jax.tree_util.tree_map(lambda a: a[0], xs)
+        first = [jax.tree_util.tree_map(lambda a: a[0], a) for a in args]
+        params, constraints = self.model.init_with_constraints(jax.random.fold_in(key, 0), x, self.ts[:2], *first)
+        if self._fixed_chain(x) is None:  # the guide declares parameters (a learned schedule)
+            guide_params, guide_constraints = self.guide.init_with_constraints(jax.random.fold_in(key, 1), x, self.ts)
+            clash = sorted(set(params) & set(guide_params))
+            if clash:
+                raise ValueError(
+                    f"diffusion_elbo: parameters {clash} are declared by both the model and the guide; give the "
+                    "guide's parameters (its schedule) other names"
+                )
+            params, constraints = {**params, **guide_params}, {**constraints, **guide_constraints}
+        return dict(params), dict(constraints)
 
     def weights(self, params, x_like, *, parameterization: str = "x0", model_scale=None) -> jax.Array:
         """Derived per-step weights ``w_k`` with ``KL_k = w_k ||target - prediction||^2 + const``, ``k = 2..n``.
@@ -505,12 +681,14 @@ def _check_parameterization(p: str) -> None:
 
 
 def diffusion_elbo(model, guide, ts) -> DiffusionELBO:
-    """Derive the diffusion ELBO and its reweighted losses from a reverse-chain model and a forward-chain guide.
+    """Derive the diffusion ELBO and its reweighted objectives from a reverse-chain model and a forward-chain guide.
 
-    See the module docstring for the program convention. The result has
-    ``elbo`` (unbiased, one sampled step), ``terms``, ``loss`` (negative ELBO per
-    data point), ``simple_loss`` (eps / x0 / v), ``weights`` (the derived
-    per-step weights), ``predictions`` and ``chain`` (the recognized forward chain).
+    See the module docstring for the program convention. The result has the
+    objectives ``objective()`` (the ELBO, mean per data point) and
+    ``simple_objective(parameterization=...)`` (eps / x0 / v), both ``Expectation``s
+    to maximize; per data point ``elbo`` (unbiased, one sampled step), ``terms`` and
+    ``predictions``; ``weights`` (the derived per-step weights) and ``chain`` (the
+    recognized forward chain).
 
     Args:
         model: ``model(x, ts, *args)``, the reverse chain ending in an observed decoder site.
@@ -519,7 +697,7 @@ def diffusion_elbo(model, guide, ts) -> DiffusionELBO:
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
-        >>> from gendsl.inference import diffusion_elbo
+        >>> from gendsl.inference.diffusion import diffusion_elbo
         >>> @gendsl.model
         ... def guide(x, ts):
         ...     z = x

@@ -43,7 +43,7 @@ def probability_flow(score: Callable, drift: Callable, diffusion: Callable) -> C
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from gendsl.inference import probability_flow
+        >>> from gendsl.inference.diffusion import probability_flow
         >>> beta = lambda t: 0.1 + 19.9 * t                     # VP SDE
         >>> v = probability_flow(lambda x, t, a: -x, lambda x, t: -0.5 * beta(t) * x, lambda t: jnp.sqrt(beta(t)))
         >>> abs(float(v(jnp.ones(1), 0.5, None)[0])) < 1e-5    # N(0, I) is stationary: v = 0
@@ -67,7 +67,7 @@ def denoiser_velocity(denoiser: Callable) -> Callable:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from gendsl.inference import denoiser_velocity
+        >>> from gendsl.inference.diffusion import denoiser_velocity
         >>> v = denoiser_velocity(lambda x, s, a: jnp.zeros_like(x))
         >>> float(v(jnp.full(2, 3.0), 1.5, None)[0])
         2.0
@@ -137,7 +137,7 @@ def ode_solve(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from gendsl.inference import ode_solve
+        >>> from gendsl.inference.diffusion import ode_solve
         >>> x1 = ode_solve(lambda x, t, a: a * x, jnp.ones((3, 2)), 0.0, 1.0, args=-1.0)  # x' = -x
         >>> bool(jnp.allclose(x1, jnp.exp(-1.0), rtol=1e-4))
         True
@@ -201,7 +201,7 @@ def ode_log_likelihood(
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from jax.scipy.stats import norm
-        >>> from gendsl.inference import ode_log_likelihood
+        >>> from gendsl.inference.diffusion import ode_log_likelihood
         >>> # x_t = (1 + t) x0 with x0 ~ N(0, 1): v(x, t) = x / (1 + t), data at t = 1 are N(0, 4)
         >>> lp = ode_log_likelihood(lambda x, t, a: x / (1 + t), jnp.array([[0.5], [1.0]]), 1.0, 0.0,
         ...                         lambda z: norm.logpdf(z).sum())

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 import gendsl
 from gendsl import handlers
-from gendsl.inference._expectation import density, repeat, sim, simulate_in_objective
+from gendsl.inference._language import density, repeat, sim, simulate_in_objective
 
 __all__ = ["Marginal", "Normalized", "marginal", "normalize"]
 
