@@ -78,6 +78,7 @@ class SVIState(eqx.Module):
         baselines: EMA baselines of the REINFORCE sites, by address.
         key: the key of the next step's estimate.
         step: the number of steps taken.
+        bijections: each constrained parameter's bijection (static: it fixes the structure, not values).
     """
 
     params: dict
