@@ -138,6 +138,7 @@ class Recorder(Messenger):
         self.param_constraints: dict[str, Any] = {}
         self.subsamples: dict[str, Any] = {}
         self.site_plates: dict[str, tuple] = {}
+        self.param_decls: dict[str, tuple] = {}
 
     def process_message(self, msg) -> None:
         if msg["type"] != "sample":
@@ -150,7 +151,7 @@ class Recorder(Messenger):
                 "gendsl.handlers.seed(fn, key=...)"
             )
         if msg["is_observed"] and msg["value"] is not None:
-            _check_observation(name, msg["value"], msg["fn"])
+            _check_observation(name, msg["value"], msg["fn"], in_plate=bool(msg.get("cond_indep_stack")))
 
     def postprocess_message(self, msg) -> None:
         kind = msg["type"]
@@ -161,6 +162,7 @@ class Recorder(Messenger):
                 self.subsamples[name] = msg["value"]
             return
         if kind == "param":
+            self._check_param(name, msg)
             self.params[name] = msg["value"]
             self.param_constraints[name] = msg["kwargs"].get("constraint")
             return
@@ -181,7 +183,35 @@ class Recorder(Messenger):
         if msg["is_observed"]:
             self.observed.append(name)
 
+    def _check_param(self, name: str, msg) -> None:
+        """A parameter may be read twice, but not re-declared differently, nor share a site's name."""
+        if name in self.values or name in self.deterministics:
+            raise AddressError(
+                f"address '{name}' is both a sample (or deterministic) site and a param; give the param "
+                "another name"
+            )
+        declared = (_signature(msg["value"]), msg["args"][0] if msg["args"] else None)
+        if name not in self.param_decls:
+            self.param_decls[name] = declared
+            return
+        (old_shape, old_init), (new_shape, new_init) = self.param_decls[name], declared
+        if old_shape != new_shape:
+            raise AddressError(
+                f"param '{name}' is declared twice with different shapes, {old_shape[1]} and {new_shape[1]}; "
+                "a name stands for one parameter: give the second one another name"
+            )
+        if _differ(old_init, new_init):
+            raise AddressError(
+                f"param '{name}' is declared twice with different initial values; a name stands for one "
+                "parameter: give the second one another name, or the same initial value"
+            )
+
     def _claim(self, name: str) -> None:
+        if name in self.params:
+            raise AddressError(
+                f"address '{name}' is both a param and a sample (or deterministic) site; give the site "
+                "another name"
+            )
         if name in self.values or name in self.deterministics:
             raise AddressError(
                 f"address '{name}' is used by two sites in one execution; give each site a "
@@ -206,11 +236,31 @@ class Recorder(Messenger):
         )
 
 
-def _check_observation(name: str, value: Any, fn: Any) -> None:
+def _signature(value: Any) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(value)
+    return treedef, tuple(tuple(jnp.shape(x)) for x in leaves)
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """Whether two concrete initial values differ (callables and traced values are not compared)."""
+    if a is None or b is None or callable(a) or callable(b):
+        return False
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return True
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if not (_is_concrete(x) and _is_concrete(y)):
+            return False
+        if np.shape(x) != np.shape(y) or not np.array_equal(np.asarray(x), np.asarray(y)):
+            return True
+    return False
+
+
+def _check_observation(name: str, value: Any, fn: Any, *, in_plate: bool = False) -> None:
     shape = tuple(jnp.shape(value))
     dist_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
     try:
-        jnp.broadcast_shapes(shape, dist_shape)
+        joint = tuple(jnp.broadcast_shapes(shape, dist_shape))
     except ValueError:
         raise ObservationError(
             f"observed site '{name}': value of shape {shape} does not broadcast with the "
@@ -218,6 +268,14 @@ def _check_observation(name: str, value: Any, fn: Any) -> None:
             f"{tuple(fn.event_shape)}); reshape the data or fix the plate / .to_event() "
             "of the distribution"
         ) from None
+    if in_plate and joint != dist_shape:
+        # Inside a plate the distribution's shape is the site's: a larger observation would be
+        # scored as more observations than the plate has, silently.
+        raise ObservationError(
+            f"observed site '{name}': value of shape {shape} is larger than the site's shape {dist_shape} "
+            f"(batch {tuple(fn.batch_shape)}, event {tuple(fn.event_shape)}, with its plates); it would count "
+            "as more observations than the plates hold: reshape the data or fix the plate / .to_event()"
+        )
     if _is_concrete(value):
         arr = np.asarray(value)
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):

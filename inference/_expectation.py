@@ -129,7 +129,7 @@ def expectation(fn: Callable, *, models: tuple = (), init: Callable | None = Non
         ... def q(p):
         ...     gendsl.sample("b", dist.Bernoulli(p), strategy=ENUM)
         >>> obj = expectation(lambda p: sim(q)(p)[0]["b"] * 3.0)
-        >>> value, grad = obj.value_and_grad(jax.random.key(0), 0.25)
+        >>> value, grad = jax.jit(obj.value_and_grad)(jax.random.key(0), 0.25)
         >>> round(float(value), 4), round(float(grad), 4)
         (0.75, 3.0)
     """

@@ -176,7 +176,7 @@ def baselines(name: str, values) -> None:
         ...     draws = repeat(2, lambda: sim(q)(p)[0]["b"], name="pair")()
         ...     baselines("pair", jnp.stack([draws[1], draws[0]]))  # the other particle's draw
         ...     return draws.mean()
-        >>> g = expectation(f).grad(jax.random.key(0), 0.5)
+        >>> g = jax.jit(expectation(f).grad)(jax.random.key(0), 0.5)
     """
     execution = current("baselines(...)")
     execution.group_baselines[join(execution.prefix, name)] = sg(jnp.asarray(values))

@@ -222,14 +222,14 @@ def make_air(config: AIRConfig | None = None) -> AIR:
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from gendsl.models.air import AIRConfig, make_air
-        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=2, what=2, hidden=8, mlp=8))
+        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=1, what=2, hidden=8, mlp=8))
         >>> image = jnp.zeros((8, 8))
         >>> params = {**air.model.init(jax.random.key(0), image), **air.guide.init(jax.random.key(1), image)}
         >>> sorted(params)
         ['baseline', 'decoder', 'guide']
         >>> tr = jax.jit(air.guide.bind(params).simulate)(jax.random.key(2), image)
-        >>> sorted(tr.choices)[:3]
-        ['z_pres_0', 'z_pres_1', 'z_what_0']
+        >>> sorted(tr.choices)
+        ['z_pres_0', 'z_what_0', 'z_where_0']
     """
     c = config or AIRConfig()
     if c.steps < 1 or c.window < 2 or c.canvas < 2:
@@ -350,11 +350,15 @@ def batch_value_and_grad(objective, key: jax.Array, params: Any, images: jax.Arr
         >>> import jax, jax.numpy as jnp
         >>> from gendsl.inference import elbo
         >>> from gendsl.models.air import AIRConfig, batch_value_and_grad, make_air
-        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=2, what=2, hidden=8, mlp=8))
+        >>> air = make_air(AIRConfig(canvas=8, window=4, steps=1, what=2, hidden=8, mlp=8))
         >>> images = jnp.zeros((3, 8, 8))
-        >>> params = {**air.model.init(jax.random.key(0), images[0]), **air.guide.init(jax.random.key(1), images[0])}
-        >>> step = jax.jit(lambda k, p, x: batch_value_and_grad(elbo(air.model, air.guide), k, p, x))
-        >>> value, grads = step(jax.random.key(2), params, images)
+        >>> def init(key):
+        ...     return {**air.model.init(key, images[0]), **air.guide.init(jax.random.fold_in(key, 1), images[0])}
+        >>> def step(key, params, images):
+        ...     return batch_value_and_grad(elbo(air.model, air.guide), key, params, images)
+        >>> # The shapes, traced without compiling; jax.jit(step)(key, init(key), images) computes the values.
+        >>> params = jax.eval_shape(init, jax.random.key(0))
+        >>> value, grads = jax.eval_shape(step, jax.random.key(2), params, images)
         >>> value.shape, grads["decoder"].layers[0].weight.shape
         ((), (8, 2))
     """

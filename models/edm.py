@@ -32,7 +32,7 @@ class EDM(eqx.Module):
         >>> import jax, jax.numpy as jnp
         >>> from gendsl.models import EDM
         >>> edm = EDM(2, hidden=16, depth=1, key=jax.random.key(0))
-        >>> value, grads = edm.objective.value_and_grad(jax.random.key(1), edm, jnp.zeros((8, 2)))
+        >>> value, grads = jax.jit(edm.objective.value_and_grad)(jax.random.key(1), edm, jnp.zeros((8, 2)))
         >>> value.shape, edm.sample(jax.random.key(2), 3, steps=4).shape
         ((), (3, 2))
     """

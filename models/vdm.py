@@ -81,7 +81,7 @@ class VDM(eqx.Module):
         >>> params, static = eqx.partition(vdm, eqx.is_inexact_array)
         >>> def loss(p, key):   # minus the ELBO, per data point; differentiated through the module's arrays
         ...     return -vdm.objective.surrogate(key, eqx.combine(p, static), x)[0]
-        >>> grads = jax.grad(loss)(params, jax.random.key(1))
+        >>> grads = jax.jit(jax.grad(loss))(params, jax.random.key(1))   # one compilation, not op by op
         >>> vdm.bits_per_dim(jax.random.key(2), x).shape
         ()
     """
@@ -164,7 +164,7 @@ class VDM(eqx.Module):
             >>> import jax, jax.numpy as jnp
             >>> from gendsl.models import VDM
             >>> elbo, params = VDM(3, hidden=8, depth=1, key=jax.random.key(0)).discrete_pair(10)
-            >>> elbo.objective().estimate(jax.random.key(1), params, jnp.zeros((4, 3))).shape
+            >>> jax.jit(elbo.objective().estimate)(jax.random.key(1), params, jnp.zeros((4, 3))).shape
             ()
         """
         from gendsl.models.ddpm import vp_forward, vp_reverse

@@ -27,3 +27,9 @@ def lightly_optimized(path: pathlib.Path) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     jax.config.update("jax_disable_most_optimizations", _DEFAULT or lightly_optimized(item.path.resolve()))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    # Items outside tests/ (the doctests) see no hook of this file: leave JAX as it was.
+    jax.config.update("jax_disable_most_optimizations", _DEFAULT)

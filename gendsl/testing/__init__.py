@@ -22,7 +22,7 @@ Example:
     >>> @settings(max_examples=5, deadline=None, derandomize=True, database=None)
     ... @given(models())
     ... def generate_weight_is_observed_density(spec):
-    ...     tr, w = spec.model.generate(jax.random.key(1), {}, *spec.args)
+    ...     tr, w = jax.jit(spec.model.generate)(jax.random.key(1), {}, *spec.args)
     ...     observed = sum(tr.site_score(a) for a in spec.observed_sites)
     ...     np.testing.assert_allclose(w, observed, rtol=1e-5)
     >>> generate_weight_is_observed_density()

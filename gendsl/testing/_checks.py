@@ -10,8 +10,26 @@ import numpy as np
 __all__ = ["assert_unbiased", "draw_estimates"]
 
 
-def draw_estimates(estimator: Callable, key, n: int):
+# XLA options that make a program compile faster and run slower: for a program that runs once.
+FAST_COMPILE_CPU = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
+
+
+def fast_compile_options() -> dict | None:
+    """``FAST_COMPILE_CPU`` on CPU (else None), for ``jax.jit(f, compiler_options=...)``."""
+    return FAST_COMPILE_CPU if jax.default_backend() == "cpu" else None
+
+
+def draw_estimates(estimator: Callable, key, n: int, *, fast_compile: bool = True):
     """``n`` independent draws of ``estimator(key)``, jitted and vmapped over keys.
+
+    The compiled program runs once, and for a statistical check compiling it costs far more
+    than running it: on CPU it is compiled with ``FAST_COMPILE_CPU`` (about 2x faster to
+    compile than XLA's defaults for a typical estimator). ``fast_compile=False`` uses XLA's
+    defaults. The draws are the same either way up to float rounding.
 
     Example:
         >>> import jax
@@ -20,7 +38,8 @@ def draw_estimates(estimator: Callable, key, n: int):
         (5,)
     """
     keys = jax.random.split(key, n)
-    return jax.jit(jax.vmap(estimator))(keys)
+    options = fast_compile_options() if fast_compile else None
+    return jax.jit(jax.vmap(estimator), compiler_options=options)(keys)
 
 
 def assert_unbiased(estimates, exact, *, sigmas: float = 4.0, atol: float = 1e-6, name: str = "estimate"):

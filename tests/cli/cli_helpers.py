@@ -5,6 +5,8 @@ import pathlib
 
 PROGRAMS = pathlib.Path(__file__).resolve().parent / "programs"
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+# The environment of child `gendsl` processes: compiled as in this process (see conftest.py).
+LIGHT_ENV = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 NORMAL_MODELS = '''
 import jax.numpy as jnp

@@ -1,10 +1,23 @@
-"""Helpers for the command-line tests: run ``gendsl`` in-process and write small program files."""
+"""Helpers for the command-line tests: run ``gendsl`` in-process and write small program files.
+
+The tests compile with ``jax_disable_most_optimizations`` (see tests/conftest.py): each ``gendsl``
+call compiles a few small programs and runs them for milliseconds, so XLA's optimization passes
+cost more than they save. The flag changes how fast the compiled code runs, not what it computes;
+the child processes of test_signals.py get it too (``cli_helpers.LIGHT_ENV``), so that a run resumed here from
+a child's checkpoint and an uninterrupted run here use the same compiled code.
+"""
 
 import textwrap
 
+import jax
 import pytest
 
 from gendsl.cli import main
+
+
+def pytest_runtest_setup(item):
+    # Runs after tests/conftest.py's tryfirst hook, which restores the default for every test.
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 class Result:

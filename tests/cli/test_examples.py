@@ -9,7 +9,8 @@ import sys
 import arviz as az
 import numpy as np
 import pytest
-from cli_helpers import EXAMPLES, listing
+
+from .cli_helpers import EXAMPLES, listing
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "mnist")
 

@@ -1,7 +1,8 @@
 """Every failure of `gendsl fit` before training is one line on stderr, exit code 2, and nothing written."""
 
 import pytest
-from cli_helpers import EXAMPLES, NORMAL_MODELS, PROGRAMS, listing
+
+from .cli_helpers import EXAMPLES, NORMAL_MODELS, PROGRAMS, listing
 
 GOOD_DATA = '''
 def data():

@@ -9,10 +9,11 @@ import zipfile
 import arviz as az
 import numpy as np
 import pytest
-from cli_helpers import PROGRAMS, listing
 
 import gendsl
 from gendsl.cli._checkpoint import read_meta, save_tree
+
+from .cli_helpers import PROGRAMS, listing
 
 
 def arrays(path):
@@ -115,41 +116,54 @@ def run_points(gendsl_cli, out, *extra):
     return gendsl_cli("fit", PROGRAMS / "points.py", "--out", out, "--quiet", *extra)
 
 
-def test_resume_is_bit_for_bit(gendsl_cli, tmp_path):
-    """40 steps in one go equal 20 steps, then --resume to 40 (minibatches, Adam moments, EMA baseline)."""
-    assert run_points(gendsl_cli, tmp_path / "whole").code == 0
+@pytest.fixture(scope="module")
+def points_run(tmp_path_factory):
+    """One finished run of the points program (40 steps in one go, its defaults); tests that change it copy it."""
+    from gendsl.cli import main
+
+    out = tmp_path_factory.mktemp("points") / "run"
+    assert main(["fit", str(PROGRAMS / "points.py"), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def copy_of(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_is_bit_for_bit(points_run, gendsl_cli, tmp_path):
+    """40 steps in one go equal 18 steps, then --resume to 40 (minibatches, Adam moments, EMA baseline)."""
     assert run_points(gendsl_cli, tmp_path / "split", "--steps", 18).code == 0  # not a chunk boundary
     result = run_points(gendsl_cli, tmp_path / "split", "--resume", "--steps", 40)
     assert result.code == 0, result.err
-    assert_same_bytes(tmp_path / "whole" / "params.npz", tmp_path / "split" / "params.npz")
-    assert_same_bytes(tmp_path / "whole" / "checkpoint.npz", tmp_path / "split" / "checkpoint.npz")
+    assert read_meta(str(points_run / "checkpoint.npz"), "checkpoint")["step"] == 40
+    assert_same_bytes(points_run / "params.npz", tmp_path / "split" / "params.npz")
+    assert_same_bytes(points_run / "checkpoint.npz", tmp_path / "split" / "checkpoint.npz")
     with open(tmp_path / "split" / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(0, 41))
 
 
-def test_resume_keeps_the_configuration(gendsl_cli, tmp_path):
-    assert run_points(gendsl_cli, tmp_path / "run", "--steps", 10).code == 0
-    result = run_points(gendsl_cli, tmp_path / "run", "--resume", "--lr", 0.1)
+def test_resume_keeps_the_configuration(points_run, gendsl_cli, tmp_path):
+    out = copy_of(points_run, tmp_path)
+    result = run_points(gendsl_cli, out, "--resume", "--steps", 60, "--lr", 0.1)
     assert result.code == 2 and "--lr 0.1 differs from the run's 0.01" in result.err
-    assert read_meta(str(tmp_path / "run" / "checkpoint.npz"), "checkpoint")["step"] == 10
+    assert read_meta(str(out / "checkpoint.npz"), "checkpoint")["step"] == 40
 
 
-def test_corrupted_checkpoint_is_a_clear_error(gendsl_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_points(gendsl_cli, out, "--steps", 10).code == 0
+def test_corrupted_checkpoint_is_a_clear_error(points_run, gendsl_cli, tmp_path):
+    out = copy_of(points_run, tmp_path)
     data = (out / "checkpoint.npz").read_bytes()
     (out / "checkpoint.npz").write_bytes(data[: len(data) // 2])
-    result = run_points(gendsl_cli, out, "--resume")
+    result = run_points(gendsl_cli, out, "--resume", "--steps", 60)
     assert result.code == 2 and "damaged" in result.err and "Traceback" not in result.err
     # A checkpoint of another program's structure (a wrong leaf) is refused too.
     save_tree(str(out / "checkpoint.npz"), {"params": {"w": np.zeros(3)}}, {"kind": "checkpoint", "step": 10})
-    result = run_points(gendsl_cli, out, "--resume")
+    result = run_points(gendsl_cli, out, "--resume", "--steps", 60)
     assert result.code == 2 and "does not match this program" in result.err
 
 
-def test_results_of_another_version_are_refused(gendsl_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_points(gendsl_cli, out, "--steps", 10).code == 0
+def test_results_of_another_version_are_refused(points_run, gendsl_cli, tmp_path):
+    out = copy_of(points_run, tmp_path)
     # params.npz written by "gendsl 0.0.1": sample refuses it with one line.
     with np.load(out / "params.npz", allow_pickle=False) as npz:
         content = {k: npz[k] for k in npz.files}
@@ -161,7 +175,7 @@ def test_results_of_another_version_are_refused(gendsl_cli, tmp_path):
     # config.json of another version: --resume refuses.
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps(dict(config, gendsl_version="0.0.1")))
-    result = run_points(gendsl_cli, out, "--resume", "--steps", 20)
+    result = run_points(gendsl_cli, out, "--resume", "--steps", 60)
     assert result.code == 2 and "gendsl 0.0.1" in result.err
 
 

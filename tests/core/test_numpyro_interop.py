@@ -517,6 +517,7 @@ def test_scan_walk_potential_energy(walk_data):
     np.testing.assert_allclose(-pe, walk.assess(params, ys), rtol=1e-5)
 
 
+@pytest.mark.slow  # a second NUTS run; the fast checks of what NUTS sees are the two tests above
 def test_nuts_on_scan_walk_matches_kalman_posterior(walk_data):
     ys = jnp.asarray(walk_data)
     mcmc = MCMC(NUTS(walk), num_warmup=500, num_samples=1000, num_chains=1, progress_bar=False)

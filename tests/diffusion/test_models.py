@@ -72,7 +72,7 @@ def test_vdm_objective_is_the_mean_per_point_elbo():
 def test_cfg_condition_dropout():
     """p_uncond = 1 trains the unconditional model (every label replaced by the null token); p_uncond = 0 the
     conditional one. The dropout draws from its own address, so the simple objective's draws are unchanged."""
-    ddpm = DDPM((2,), T=20, num_classes=3, hidden=16, depth=1)
+    ddpm = DDPM((2,), T=5, num_classes=3, hidden=16, depth=1)
     params = ddpm.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (16, 2))
     labels = jnp.arange(16) % 3
@@ -80,7 +80,7 @@ def test_cfg_condition_dropout():
     null = jnp.full_like(labels, 3)
 
     def cfg(p_uncond):
-        objective = DDPM((2,), T=20, num_classes=3, hidden=16, depth=1, p_uncond=p_uncond).objective
+        objective = DDPM((2,), T=5, num_classes=3, hidden=16, depth=1, p_uncond=p_uncond).objective
         return float(jax.jit(objective.estimate)(key, params, xs, labels))
 
     simple = ddpm.elbo.simple_objective()
@@ -93,7 +93,7 @@ def test_cfg_condition_dropout():
 def test_cfg_drops_each_label_with_probability_p_uncond():
     """Each execution of the objective at p_uncond = 0.3 equals the conditional objective or, in a fraction
     0.3 of them (within 4 SE), the unconditional one, at the same draws of the simple objective."""
-    ddpm = DDPM((2,), T=20, num_classes=3, hidden=16, depth=1, p_uncond=0.3)
+    ddpm = DDPM((2,), T=5, num_classes=3, hidden=16, depth=1, p_uncond=0.3)
     params = ddpm.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (1, 2))
     keys = jax.random.split(jax.random.key(2), 4000)

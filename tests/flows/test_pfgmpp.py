@@ -54,7 +54,7 @@ def test_samples_match_the_kernel(sampler):
         x = PFGMPPKernel(Y, pfgmpp_r(sigma, D), D).sample(key, (n,))
     else:
         keys = jax.random.split(key, n)
-        x = jax.vmap(lambda k: pfgmpp_perturb.simulate(k, sigma, Y, D).deterministics["x_t"])(keys)
+        x = jax.jit(jax.vmap(lambda k: pfgmpp_perturb.simulate(k, sigma, Y, D).deterministics["x_t"]))(keys)
     x = np.asarray(x, np.float64)
     for i in range(3):
         assert stats.kstest(x[:, i], stats.t(df=D, loc=float(Y[i]), scale=sigma).cdf).pvalue > 1e-3

@@ -31,7 +31,7 @@ from gendsl.inference import (
     repeat,
     sim,
 )
-from gendsl.testing._checks import assert_unbiased, draw_estimates
+from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_compile_options
 
 N = 4000
 SETTINGS = settings(max_examples=4, deadline=None, derandomize=True, database=None)
@@ -39,6 +39,19 @@ SETTINGS = settings(max_examples=4, deadline=None, derandomize=True, database=No
 
 def grads(objective, params, n=N, seed=0, samples=1):
     return draw_estimates(lambda k: objective.grad(k, params, samples=samples), jax.random.key(seed), n)
+
+
+def grads_of(objectives, params, n=N, seed=0):
+    """Draws of several estimators as one compiled program: ``{name: n gradient estimates}``.
+
+    ``objectives`` maps a name to ``(objective, samples)``. Each estimator sees the keys it
+    would see alone; one compilation replaces one per estimator (for these small programs
+    XLA's fixed cost per program dominates).
+    """
+    def one(k):
+        return {name: objective.grad(k, params, samples=samples) for name, (objective, samples) in objectives.items()}
+
+    return draw_estimates(one, jax.random.key(seed), n)
 
 
 # --- the NumPyro failure case -------------------------------------------------------------
@@ -89,22 +102,36 @@ def test_exact_reference_values():
 STRATEGIES = [None, ENUM, MVD, REINFORCE, Reinforce(baseline=None), Reinforce(baseline=0.5), Reinforce("loo")]
 
 
+@pytest.fixture(scope="module")
+def failure_case_grads():
+    """Every (strategy, particles) estimator of the failure case, drawn by one compiled program."""
+    objectives = {}
+    for strategy in STRATEGIES:
+        for particles in (1, 2):
+            guide = coin_guide(strategy)
+            objective = elbo(coin_model, guide) if particles == 1 else iwelbo(coin_model, guide, particles)
+            samples = 2 if strategy == Reinforce("loo") else 1
+            objectives[f"{strategy} k={particles}"] = (objective, samples)
+    return grads_of(objectives, {"theta": -1.0})
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=str)
 @pytest.mark.parametrize("particles", [1, 2])
-def test_numpyro_failure_case(strategy, particles):
-    guide = coin_guide(strategy)
-    objective = elbo(coin_model, guide) if particles == 1 else iwelbo(coin_model, guide, particles)
-    samples = 2 if strategy == Reinforce("loo") else 1
-    g = grads(objective, {"theta": -1.0}, samples=samples)["theta"]
-    _mean, se = assert_unbiased(g, exact_coin(-1.0, particles), name=f"{strategy} k={particles}")
+def test_numpyro_failure_case(failure_case_grads, strategy, particles):
+    name = f"{strategy} k={particles}"
+    g = failure_case_grads[name]["theta"]
+    _mean, se = assert_unbiased(g, exact_coin(-1.0, particles), name=name)
     if strategy == ENUM and particles == 1:
         assert se < 1e-6  # an unbatched ENUM site is summed exactly
 
 
 def test_baselines_reduce_variance():
     """Same budget (4 replicates per estimate), plain averaging vs leave-one-out baselines."""
-    plain = grads(elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, samples=4)
-    loo = grads(elbo(far_coin_model, coin_guide(Reinforce("loo"))), {"theta": -1.0}, samples=4)
+    g = grads_of({
+        "plain": (elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), 4),
+        "loo": (elbo(far_coin_model, coin_guide(Reinforce("loo"))), 4),
+    }, {"theta": -1.0})
+    plain, loo = g["plain"], g["loo"]
     ratio = float(np.var(plain["theta"]) / np.var(loo["theta"]))
     print(f"variance reduction of LOO (4 replicates): {ratio:.1f}x")
     assert ratio > 2.0  # measured 7.6x; the variance estimates' sampling error is about 3%
@@ -171,52 +198,71 @@ CASES = [
 ]
 
 
-_COMPILED = {}
+@functools.cache
+def compiled_grads(family):
+    """One compiled program per family, drawing every strategy's estimates at the given parameters.
 
+    Hypothesis varies the parameters, not the program; the strategies of a family share
+    the program (one compilation per family instead of one per case).
+    """
+    cases = {str(strategy): single_site(family, strategy) for f, strategy in CASES if f == family}
+    keys = jax.random.split(jax.random.key(0), 3000)
 
-def compiled_grads(family, strategy):
-    """One compiled estimator per case: hypothesis varies the parameters, not the program."""
-    if (family, strategy) not in _COMPILED:
-        objective, exact = single_site(family, strategy)
-        keys = jax.random.split(jax.random.key(0), 3000)
-        draw = jax.jit(lambda p: jax.vmap(lambda k: objective.grad(k, p))(keys))
-        _COMPILED[family, strategy] = draw, jax.jit(jax.grad(exact))
-    return _COMPILED[family, strategy]
+    def one(k, p):
+        return {name: objective.grad(k, p) for name, (objective, _) in cases.items()}
+
+    draw = jax.jit(lambda p: jax.vmap(one, in_axes=(0, None))(keys, p), compiler_options=fast_compile_options())
+    _, exact = next(iter(cases.values()))  # the exact expectation depends on the family only
+    return draw, jax.jit(jax.grad(exact))
 
 
 @pytest.mark.parametrize("family,strategy", CASES, ids=lambda c: str(c))
 @SETTINGS
 @given(u=st.floats(-1.5, 1.5), v=st.floats(-1.5, 1.5))
 def test_strategy_unbiased_per_family(family, strategy, u, v):
-    draw, exact_grad = compiled_grads(family, strategy)
+    draw, exact_grad = compiled_grads(family)
     params = params_for(family, u, v)
-    assert_unbiased(draw(params), exact_grad(params), name=f"{family}/{strategy}")
+    assert_unbiased(draw(params)[str(strategy)], exact_grad(params), name=f"{family}/{strategy}")
 
 
 # --- composition: plates, particles, loops, mixed strategies ------------------------------
 
-@pytest.mark.parametrize("strategy", [ENUM, MVD, REINFORCE], ids=str)
-def test_batched_site_in_plate(strategy):
-    w = jnp.array([1.0, -2.0, 0.5])
+PLATE_STRATEGIES = [ENUM, MVD, REINFORCE]
+PLATE_W = jnp.array([1.0, -2.0, 0.5])
 
+
+def plate_f(z):
+    return (z @ PLATE_W) ** 2 + jnp.sum(z)
+
+
+def plate_objective(strategy):
     @gendsl.model
     def q(p):
         with gendsl.plate("n", 3):
             return gendsl.sample("z", dist.Bernoulli(probs=p), strategy=strategy)
 
-    def f(z):
-        return (z @ w) ** 2 + jnp.sum(z)
+    return expectation(lambda p: plate_f(sim(q)(p)[0]["z"]))
+
+
+@pytest.fixture(scope="module")
+def plate_grads():
+    p = jnp.array([0.2, 0.6, 0.7])
 
     def exact(p):
         total = 0.0
         for zs in itertools.product([0.0, 1.0], repeat=3):
             zs = jnp.array(zs)
-            total = total + jnp.prod(jnp.where(zs == 1, p, 1 - p)) * f(zs)
+            total = total + jnp.prod(jnp.where(zs == 1, p, 1 - p)) * plate_f(zs)
         return total
 
-    objective = expectation(lambda p: f(sim(q)(p)[0]["z"]))
-    p = jnp.array([0.2, 0.6, 0.7])
-    assert_unbiased(grads(objective, p), jax.jit(jax.grad(exact))(p))
+    draws = grads_of({str(s): (plate_objective(s), 1) for s in PLATE_STRATEGIES}, p)
+    return draws, jax.jit(jax.grad(exact))(p)
+
+
+@pytest.mark.parametrize("strategy", PLATE_STRATEGIES, ids=str)
+def test_batched_site_in_plate(plate_grads, strategy):
+    draws, exact = plate_grads
+    assert_unbiased(draws[str(strategy)], exact)
 
 
 def test_mixed_strategies_under_particles():
@@ -237,9 +283,10 @@ def test_mixed_strategies_under_particles():
     one = expectation(lambda p: _value(q, p))
     three = expectation(lambda p: repeat(3, lambda: _value(q, p))().mean())
     target = jax.jit(jax.grad(exact))(params)
-    assert_unbiased(grads(one, params), target, name="single")
-    assert_unbiased(grads(three, params), target, name="particles")
-    jitted = jax.jit(three.grad)(jax.random.key(1), params)
+    g = grads_of({"single": (one, 1), "particles": (three, 1)}, params)
+    assert_unbiased(g["single"], target, name="single")
+    assert_unbiased(g["particles"], target, name="particles")
+    jitted = jax.jit(three.grad, compiler_options=fast_compile_options())(jax.random.key(1), params)
     assert all(np.isfinite(v) for v in jax.tree_util.tree_leaves(jitted))
 
 
@@ -250,10 +297,14 @@ def _value(q, p):
     return z1 * z2 + z3 * z2**2 + 0.1 * z4 * z1
 
 
-@pytest.mark.parametrize("strategy", [REINFORCE, Reinforce(baseline=None), ENUM, MVD], ids=str)
-def test_discrete_sites_inside_scan(strategy):
-    """A 3-step Markov chain of Bernoulli sites in a gendsl.scan, against enumeration."""
+DISCRETE_SCAN_STRATEGIES = [REINFORCE, Reinforce(baseline=None), ENUM, MVD]
 
+
+def chain_f(zs):
+    return jnp.sum(zs * jnp.array([1.0, -2.0, 3.0])) ** 2
+
+
+def chain_objective(strategy):
     @gendsl.model
     def chain(theta):
         def step(prev, _):
@@ -261,9 +312,11 @@ def test_discrete_sites_inside_scan(strategy):
             return z.astype(jnp.float32), z
         return gendsl.scan("c", step, 0.0, length=3)[1]
 
-    def f(zs):
-        return jnp.sum(zs * jnp.array([1.0, -2.0, 3.0])) ** 2
+    return expectation(lambda t: chain_f(sim(chain)(t)[0]["c/z"]))
 
+
+@pytest.fixture(scope="module")
+def discrete_scan_grads():
     def exact(theta):
         total = 0.0
         for zs in itertools.product([0.0, 1.0], repeat=3):
@@ -271,15 +324,24 @@ def test_discrete_sites_inside_scan(strategy):
             for z in zs:
                 lp = lp + dist.Bernoulli(logits=theta + 2.0 * prev - 1.0).log_prob(z)
                 prev = z
-            total = total + jnp.exp(lp) * f(jnp.array(zs))
+            total = total + jnp.exp(lp) * chain_f(jnp.array(zs))
         return total
 
-    objective = expectation(lambda t: f(sim(chain)(t)[0]["c/z"]))
-    assert_unbiased(grads(objective, 0.3), jax.jit(jax.grad(exact))(0.3))
+    draws = grads_of({str(s): (chain_objective(s), 1) for s in DISCRETE_SCAN_STRATEGIES}, 0.3)
+    return draws, jax.jit(jax.grad(exact))(0.3)
 
 
-@pytest.mark.parametrize("strategy", [REPARAM, REINFORCE, MVD], ids=str)
-def test_continuous_sites_through_scan(strategy):
+@pytest.mark.parametrize("strategy", DISCRETE_SCAN_STRATEGIES, ids=str)
+def test_discrete_sites_inside_scan(discrete_scan_grads, strategy):
+    """A 3-step Markov chain of Bernoulli sites in a gendsl.scan, against enumeration."""
+    draws, exact = discrete_scan_grads
+    assert_unbiased(draws[str(strategy)], exact)
+
+
+CONTINUOUS_SCAN_STRATEGIES = [REPARAM, REINFORCE, MVD]
+
+
+def walk_objective(strategy):
     @gendsl.model
     def walk(mu):
         def step(x, _):
@@ -287,9 +349,18 @@ def test_continuous_sites_through_scan(strategy):
             return x, x
         return gendsl.scan("w", step, 0.0, length=4)[0]
 
+    return expectation(lambda mu: sim(walk)(mu)[0]["w/x"][-1] ** 2)
+
+
+@pytest.fixture(scope="module")
+def continuous_scan_grads():
+    return grads_of({str(s): (walk_objective(s), 1) for s in CONTINUOUS_SCAN_STRATEGIES}, 0.7, n=8000)
+
+
+@pytest.mark.parametrize("strategy", CONTINUOUS_SCAN_STRATEGIES, ids=str)
+def test_continuous_sites_through_scan(continuous_scan_grads, strategy):
     # x_T ~ Normal(4 mu, 0.5^2 * 4): E[x_T^2] = 16 mu^2 + 1, gradient 32 mu.
-    objective = expectation(lambda mu: sim(walk)(mu)[0]["w/x"][-1] ** 2)
-    assert_unbiased(grads(objective, 0.7, n=8000), 32 * 0.7)
+    assert_unbiased(continuous_scan_grads[str(strategy)], 32 * 0.7)
 
 
 def test_errors_name_the_site():
@@ -341,7 +412,28 @@ def guide_with_learned_baseline():
     gendsl.sample("z", dist.Bernoulli(logits=theta), strategy=Reinforce(baseline=_learned))
 
 
-def test_learned_baseline_is_unbiased_fits_and_reduces_variance():
+def exact_far_coin_elbo(theta):
+    """The ELBO of ``far_coin_model`` with the guide Bernoulli(logits=theta), by enumeration."""
+    q1 = jax.nn.sigmoid(theta)
+    total = 0.0
+    for z, qz, pz in ((0.0, 1 - q1, 0.7), (1.0, q1, 0.3)):
+        total = total + qz * (jnp.log(pz) + dist.Normal(2.0 * z, 1.0).log_prob(8.0) - jnp.log(qz))
+    return total
+
+
+def test_learned_baseline_is_unbiased_and_regresses_on_the_cost():
+    """The fast sibling of the fit below: at an arbitrary baseline, both gradients by hand."""
+    objective = elbo(far_coin_model, guide_with_learned_baseline)
+    g = grads(objective, {"b": -2.0, "theta": -1.0})
+    # Unbiased for theta at any baseline value ...
+    assert_unbiased(g["theta"], exact_coin(-1.0, 1, obs=8.0), name="learned baseline")
+    # ... and the baseline's own gradient is its least-squares regression on the paired cost,
+    # d/db -(f - b)^2 / 2 = f - b, whose mean is ELBO - b: SGD on it fits b to E[f].
+    assert_unbiased(g["b"], exact_far_coin_elbo(-1.0) + 2.0, name="baseline regression")
+
+
+@pytest.mark.slow  # 1,500 SGD steps and 20,000-draw variances; fast sibling: the test above
+def test_learned_baseline_fits_and_reduces_variance():
     import optax
 
     from gendsl.inference import SVI
@@ -350,9 +442,6 @@ def test_learned_baseline_is_unbiased_fits_and_reduces_variance():
     # One compiled program for every parameter value: the parameters are an argument.
     draw = jax.jit(jax.vmap(objective.grad, in_axes=(0, None)))
     keys = jax.random.split(jax.random.key(0), 20000)
-    # Unbiased for theta at any baseline value; the baseline's own gradient is its regression.
-    g = draw(keys, {"b": jnp.float32(-2.0), "theta": jnp.float32(-1.0)})
-    assert_unbiased(g["theta"], exact_coin(-1.0, 1, obs=8.0), name="learned baseline")
     # Fit the baseline alone (theta frozen), then compare variances at theta = -1.
     opt = optax.multi_transform({"b": optax.adam(0.1), "theta": optax.set_to_zero()}, {"b": "b", "theta": "theta"})
     fitted = SVI(objective, opt).run(jax.random.key(0), 1500, progress=False).params
@@ -367,8 +456,11 @@ def test_learned_baseline_is_unbiased_fits_and_reduces_variance():
 
 
 def test_loo_baseline_reduces_variance_fivefold_with_eight_replicates():
-    plain = grads(elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), {"theta": -1.0}, n=10000, samples=8)
-    loo = grads(elbo(far_coin_model, coin_guide(Reinforce("loo"))), {"theta": -1.0}, n=10000, samples=8)
+    g = grads_of({
+        "plain": (elbo(far_coin_model, coin_guide(Reinforce(baseline=None))), 8),
+        "loo": (elbo(far_coin_model, coin_guide(Reinforce("loo"))), 8),
+    }, {"theta": -1.0}, n=10000)
+    plain, loo = g["plain"], g["loo"]
     ratio = float(np.var(plain["theta"]) / np.var(loo["theta"]))
     print(f"variance reduction, LOO over 8 replicates (same budget): {ratio:.1f}x")
     assert ratio > 5

@@ -25,7 +25,7 @@ from gendsl.inference import (
     sleep,
     vimco,
 )
-from gendsl.testing._checks import assert_unbiased, draw_estimates
+from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_compile_options
 
 N = 3000
 
@@ -79,11 +79,21 @@ def iw(log_w):
     return jax.nn.logsumexp(log_w) - jnp.log(log_w.shape[0])
 
 
-@pytest.mark.parametrize("strategy", [REINFORCE, ENUM, MVD], ids=str)
-def test_vimco_is_unbiased_for_the_iwelbo_gradient(strategy):
-    objective = vimco(coin, coin_guide(strategy), 3)
-    exact = jax.jit(jax.grad(lambda p: exact_bound(p, 3, iw)))(PARAMS)
-    assert_unbiased(grad_draws(objective, PARAMS), exact)
+VIMCO_STRATEGIES = [REINFORCE, ENUM, MVD]
+exact_iwelbo3_grad = jax.jit(jax.grad(lambda p: exact_bound(p, 3, iw)))  # compiled once for the module
+
+
+@pytest.fixture(scope="module")
+def vimco_grads():
+    """Each strategy's VIMCO gradients, drawn by one compiled program (one compilation, not three)."""
+    objectives = {str(s): vimco(coin, coin_guide(s), 3) for s in VIMCO_STRATEGIES}
+    return draw_estimates(lambda k: {name: o.grad(k, PARAMS) for name, o in objectives.items()}, jax.random.key(0), N)
+
+
+@pytest.mark.parametrize("strategy", VIMCO_STRATEGIES, ids=str)
+def test_vimco_is_unbiased_for_the_iwelbo_gradient(vimco_grads, strategy):
+    exact = exact_iwelbo3_grad(PARAMS)
+    assert_unbiased(vimco_grads[str(strategy)], exact)
 
 
 def test_vimco_reduces_variance_against_plain_reinforce():
@@ -94,14 +104,25 @@ def test_vimco_reduces_variance_against_plain_reinforce():
     assert ratio > 2
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.5, -1.0])
-def test_renyi_value_and_gradient(alpha):
+RENYI_ALPHAS = [0.0, 0.5, -1.0]
+
+
+@pytest.fixture(scope="module")
+def renyi_draws():
+    """Each alpha's (value, gradient) estimates, drawn by one compiled program."""
+    objectives = {alpha: renyi(coin, coin_guide(ENUM), alpha, 2) for alpha in RENYI_ALPHAS}
+    return draw_estimates(
+        lambda k: {str(a): o.value_and_grad(k, PARAMS) for a, o in objectives.items()}, jax.random.key(0), N
+    )
+
+
+@pytest.mark.parametrize("alpha", RENYI_ALPHAS)
+def test_renyi_value_and_gradient(renyi_draws, alpha):
     def combine(log_w):
         return (jax.nn.logsumexp((1 - alpha) * log_w) - jnp.log(2)) / (1 - alpha)
 
-    objective = renyi(coin, coin_guide(ENUM), alpha, 2)
     exact_value, exact_grad = jax.jit(jax.value_and_grad(lambda p: exact_bound(p, 2, combine)))(PARAMS)
-    values, grads = draws(objective, PARAMS)
+    values, grads = renyi_draws[str(alpha)]
     assert_unbiased(values, exact_value)
     assert_unbiased(grads, exact_grad)
 
@@ -210,7 +231,8 @@ def test_stl_elbo_is_unbiased_and_has_lower_variance_near_the_optimum():
     exact = jax.jit(jax.grad(exact_elbo))(GP)
     stl = elbo(gauss, gauss_guide, estimator="stl")
     # One compiled program for both parameter values: the parameters are an argument.
-    stl_grads = jax.jit(jax.vmap(lambda k, p: stl.grad(k, p, 1.0), in_axes=(0, None)))
+    stl_grads = jax.jit(jax.vmap(lambda k, p: stl.grad(k, p, 1.0), in_axes=(0, None)),
+                        compiler_options=fast_compile_options())
     keys = jax.random.split(jax.random.key(0), N)
     assert_unbiased(stl_grads(keys, GP), exact)
     assert_unbiased(grad_draws(elbo(gauss, gauss_guide), GP, 1.0), exact)
@@ -275,25 +297,44 @@ def exact_hierarchical(p, outer, inner):
     return jnp.sum(jnp.exp(prob.sum(-1)) * (jax.nn.logsumexp(log_w, axis=-1) - jnp.log(outer)))
 
 
+exact_hierarchical_value_and_grad = jax.jit(jax.value_and_grad(exact_hierarchical), static_argnums=(1, 2))
 SLOW = pytest.mark.slow
+FAST_HIERARCHICAL = [("hvi", REINFORCE), ("hvi", ENUM), ("hvi", MVD), ("iwhvi", MVD), ("diwhvi", MVD)]
 HIERARCHICAL = [
-    ("hvi", REINFORCE), ("hvi", ENUM), ("hvi", MVD),
-    ("iwhvi", MVD), pytest.param("iwhvi", REINFORCE, marks=SLOW), pytest.param("iwhvi", ENUM, marks=SLOW),
-    ("diwhvi", MVD), pytest.param("diwhvi", REINFORCE, marks=SLOW), pytest.param("diwhvi", ENUM, marks=SLOW),
+    *FAST_HIERARCHICAL,
+    pytest.param("iwhvi", REINFORCE, marks=SLOW), pytest.param("iwhvi", ENUM, marks=SLOW),
+    pytest.param("diwhvi", REINFORCE, marks=SLOW), pytest.param("diwhvi", ENUM, marks=SLOW),
 ]
+SIZES = {"hvi": (1, 1), "iwhvi": (1, 3), "diwhvi": (2, 2)}  # (outer, inner)
 
 
-@pytest.mark.parametrize("bound,strategy", HIERARCHICAL, ids=str)
-def test_hierarchical_bounds(bound, strategy):
+def hierarchical_objective(bound, strategy):
     guide = hguide(strategy)
-    outer, inner = {"hvi": (1, 1), "iwhvi": (1, 3), "diwhvi": (2, 2)}[bound]
-    objective = {
+    outer, inner = SIZES[bound]
+    return {
         "hvi": lambda: hvi(hmodel, guide, ["z"]),
         "iwhvi": lambda: iwhvi(hmodel, guide, ["z"], inner),
         "diwhvi": lambda: diwhvi(hmodel, guide, ["z"], outer, inner),
     }[bound]()
-    exact_value, exact_grad = jax.jit(jax.value_and_grad(exact_hierarchical), static_argnums=(1, 2))(HP, outer, inner)
-    values, grads = draws(objective, HP)
+
+
+@pytest.fixture(scope="module")
+def fast_hierarchical_draws():
+    """The fast cases' (value, gradient) estimates, drawn by one compiled program."""
+    objectives = {f"{b}-{s}": hierarchical_objective(b, s) for b, s in FAST_HIERARCHICAL}
+    return draw_estimates(
+        lambda k: {name: o.value_and_grad(k, HP) for name, o in objectives.items()}, jax.random.key(0), N
+    )
+
+
+@pytest.mark.parametrize("bound,strategy", HIERARCHICAL, ids=str)
+def test_hierarchical_bounds(request, bound, strategy):
+    outer, inner = SIZES[bound]
+    exact_value, exact_grad = exact_hierarchical_value_and_grad(HP, outer, inner)
+    if (bound, strategy) in FAST_HIERARCHICAL:
+        values, grads = request.getfixturevalue("fast_hierarchical_draws")[f"{bound}-{strategy}"]
+    else:
+        values, grads = draws(hierarchical_objective(bound, strategy), HP)
     assert_unbiased(values, exact_value, name=f"{bound} value")
     assert_unbiased(grads, exact_grad, name=f"{bound} gradient")
 

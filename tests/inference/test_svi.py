@@ -86,7 +86,13 @@ def _posterior_normal():
     return float(jnp.sum(X)) / prec, prec**-0.5
 
 
-@pytest.mark.parametrize("strategy", [None, REINFORCE, Reinforce(baseline="loo")], ids=str)
+# The REINFORCE trainings are slow; fast: the REPARAM training here, SVI's one-step test with a
+# leave-one-out REINFORCE guide, and the REINFORCE estimators' unbiasedness in test_gradients.py.
+@pytest.mark.parametrize("strategy", [
+    None,
+    pytest.param(REINFORCE, marks=pytest.mark.slow),
+    pytest.param(Reinforce(baseline="loo"), marks=pytest.mark.slow),
+], ids=str)
 def test_normal_normal_posterior(strategy):
     samples = 4 if strategy == Reinforce(baseline="loo") else 1
     lr = optax.exponential_decay(0.05, 3000, 0.01)
@@ -136,6 +142,7 @@ def gamma_guide(strategy=None):
     return guide
 
 
+@pytest.mark.slow  # 4,000 steps each; the fast sibling is test_one_step_is_the_gradient_step_in_unconstrained_space
 @pytest.mark.parametrize("strategy", [None, Reinforce("loo")], ids=["implicit-reparam", "reinforce-loo"])
 @pytest.mark.parametrize("family", ["beta", "gamma"])
 def test_conjugate_posteriors(family, strategy):
@@ -168,6 +175,43 @@ def test_conjugate_posteriors(family, strategy):
     m, s = (float(v) for v in moments(result.params))
     assert abs(m - mean) < 0.1 * sd, (m, mean, sd)
     assert abs(s / sd - 1) < 0.15, (s, sd)
+
+
+@pytest.mark.parametrize(("family", "strategy"), [("beta", None), ("gamma", Reinforce("loo"))],
+                         ids=["beta-implicit-reparam", "gamma-reinforce-loo"])
+def test_one_step_is_the_gradient_step_in_unconstrained_space(family, strategy):
+    """What the conjugate-posterior trainings run, one step at a time, checked by hand.
+
+    SVI moves the unconstrained parameters u = log(constrained) along the objective's gradient
+    (chain rule: d/du = d/dp * p), with the step key split from the state's key, and averages
+    ``samples`` replicates. With plain SGD one step is exactly u + lr * gradient.
+    """
+    if family == "beta":
+        x, model, guide = jnp.array([1, 0, 1, 1, 1, 0, 1, 1, 0, 1], jnp.float32), beta_bernoulli, beta_guide(strategy)
+    else:
+        x, model, guide = jnp.array([2, 4, 3, 5, 1, 3, 2, 4], jnp.float32), gamma_poisson, gamma_guide(strategy)
+    samples = 8 if strategy is not None else 1
+    objective = elbo(model, guide)
+    svi = SVI(objective, optax.sgd(0.1), samples=samples)
+    state = svi.init(jax.random.key(2), x)
+    params = svi.get_params(state)
+    assert all(float(v) > 0 for v in params.values())
+    np.testing.assert_allclose(np.log(params[sorted(params)[0]]), state.params[sorted(params)[0]], rtol=1e-6)
+
+    @jax.jit
+    def step_and_by_hand(state):
+        new, info = svi.step(state, x)
+        _, sub = jax.random.split(state.key)
+        value, grads = objective.value_and_grad(sub, svi.get_params(state), x, samples=samples)
+        return new, info, value, grads
+
+    new, info, value, grads = step_and_by_hand(state)
+    assert bool(info.finite) and int(new.step) == 1
+    assert float(info.objective) == pytest.approx(float(value), rel=1e-5)
+    for name in params:
+        expected = state.params[name] + 0.1 * grads[name] * params[name]
+        np.testing.assert_allclose(new.params[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert any(float(grads[name]) != 0.0 for name in params)
 
 
 def test_arviz_export_with_log_likelihood():
@@ -246,34 +290,42 @@ def test_per_point_step_sums_per_point_gradients():
     objective = vimco(p, q, 3)
     svi = SVI(objective, optax.sgd(1.0), per_point=True)
     state = svi.init(jax.random.key(0), x)
-    new, info = svi.step(state, x)
-    # The same keys by hand: split(step key, n), point i with key i.
+    new, info = jax.jit(svi.step)(state, x)
+    # The same keys by hand: split(step key, n), point i with key i (one compiled estimator for all three).
     _, sub = jax.random.split(state.key)
     keys = jax.random.split(sub, 3)
-    grads = [objective.grad(keys[i], {"t": state.params["t"]}, x[i:i + 1])["t"] for i in range(3)]
-    values = [objective.estimate(keys[i], {"t": state.params["t"]}, x[i:i + 1]) for i in range(3)]
+    per_point = jax.jit(objective.value_and_grad)
+    values, grads = zip(*(per_point(keys[i], {"t": state.params["t"]}, x[i:i + 1]) for i in range(3)), strict=True)
+    grads = [g["t"] for g in grads]
     np.testing.assert_allclose(new.params["t"] - state.params["t"], sum(grads), rtol=1e-5, atol=1e-6)
     assert float(info.objective) == pytest.approx(float(sum(values)), rel=1e-5)
 
 
-def test_auto_normal_recovers_a_conjugate_posterior():
+@gendsl.model
+def unknown_scale(x):
+    scale = gendsl.sample("scale", dist.LogNormal(0.0, 0.1))  # a positive site: exp bijection
+    mu = gendsl.sample("mu", dist.Normal(0.0, 2.0))
+    with gendsl.plate("n", x.shape[0]):
+        gendsl.sample("x", dist.Normal(mu, scale), obs=x)
+
+
+def test_auto_normal_is_a_mean_field_normal_pushed_onto_each_support():
+    """The fast sibling of the training below: AutoNormal's parameters and density, by hand."""
+    from scipy import stats
+
     from gendsl.inference import AutoNormal
 
-    @gendsl.model
-    def model(x):
-        scale = gendsl.sample("scale", dist.LogNormal(0.0, 0.1))  # a positive site: exp bijection
-        mu = gendsl.sample("mu", dist.Normal(0.0, 2.0))
-        with gendsl.plate("n", x.shape[0]):
-            gendsl.sample("x", dist.Normal(mu, scale), obs=x)
-
-    guide = AutoNormal(model)
-    result = SVI(elbo(model, guide), optax.adam(0.03)).run(jax.random.key(0), 3000, X, progress=False)
-    draws = guide.bind(result.params).repeat(4000).simulate(jax.random.key(1), X).choices
-    assert bool(jnp.all(draws["scale"] > 0))
-    # mu's posterior given scale ≈ 1: N(sum x / (n + 1/4), 1 / (n + 1/4)).
-    n = X.shape[0]
-    assert float(draws["mu"].mean()) == pytest.approx(float(X.sum()) / (n + 0.25), abs=0.1)
-    assert sorted(result.params) == ["auto_loc.mu", "auto_loc.scale", "auto_scale.mu", "auto_scale.scale"]
+    guide = AutoNormal(unknown_scale)
+    params = guide.init(jax.random.key(0), X)
+    assert sorted(params) == ["auto_loc.mu", "auto_loc.scale", "auto_scale.mu", "auto_scale.scale"]
+    assert all(float(params[f"auto_scale.{a}"]) == pytest.approx(0.1) for a in ("mu", "scale"))
+    params = {"auto_loc.mu": 1.2, "auto_scale.mu": 0.4, "auto_loc.scale": -0.3, "auto_scale.scale": 0.2}
+    tr = guide.bind(params).simulate(jax.random.key(1), X)
+    mu, scale = float(tr.choices["mu"]), float(tr.choices["scale"])
+    assert scale > 0
+    # mu ~ Normal(loc, scale); scale = exp(Normal(loc, scale)), a log-normal.
+    expected = stats.norm.logpdf(mu, 1.2, 0.4) + stats.lognorm.logpdf(scale, 0.2, scale=np.exp(-0.3))
+    np.testing.assert_allclose(float(tr.score), expected, rtol=1e-5)
 
     @gendsl.model
     def discrete():
@@ -281,3 +333,17 @@ def test_auto_normal_recovers_a_conjugate_posterior():
 
     with pytest.raises(gendsl.GendslError, match="AutoNormal: site 'k' is discrete"):
         AutoNormal(discrete).init(jax.random.key(0))
+
+
+@pytest.mark.slow  # 3,000 steps; the fast sibling is the test above (and SVI's one-step test)
+def test_auto_normal_recovers_a_conjugate_posterior():
+    from gendsl.inference import AutoNormal
+
+    guide = AutoNormal(unknown_scale)
+    result = SVI(elbo(unknown_scale, guide), optax.adam(0.03)).run(jax.random.key(0), 3000, X, progress=False)
+    draws = jax.jit(guide.bind(result.params).repeat(4000).simulate)(jax.random.key(1), X).choices
+    assert bool(jnp.all(draws["scale"] > 0))
+    # mu's posterior given scale ≈ 1: N(sum x / (n + 1/4), 1 / (n + 1/4)).
+    n = X.shape[0]
+    assert float(draws["mu"].mean()) == pytest.approx(float(X.sum()) / (n + 0.25), abs=0.1)
+    assert sorted(result.params) == ["auto_loc.mu", "auto_loc.scale", "auto_scale.mu", "auto_scale.scale"]

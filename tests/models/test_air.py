@@ -16,6 +16,7 @@ import pytest
 from scipy import stats
 
 import gendsl
+import gendsl.distributions as dist
 from gendsl import handlers
 from gendsl.inference import ENUM, MVD, REINFORCE, Reinforce, density, elbo, expectation, sim
 from gendsl.models.air import (
@@ -28,6 +29,7 @@ from gendsl.models.air import (
     with_strategy,
 )
 from gendsl.testing import assert_unbiased, draw_estimates
+from gendsl.testing._checks import fast_compile_options
 
 TINY = AIRConfig(canvas=6, window=3, steps=2, what=2, hidden=4, mlp=4, pres_prior=0.4)
 
@@ -157,6 +159,16 @@ def test_wrong_image_shape_is_a_clear_error():
         air.model.bind(params).simulate(jax.random.key(0), jnp.zeros((2, 6, 6)))
 
 
+def test_learned_baseline_is_a_scalar_of_the_image_and_its_parameters():
+    air, params = tiny_params()
+    images = jax.random.uniform(jax.random.key(9), (2, TINY.canvas, TINY.canvas))
+    b = [air.baseline(params, image) for image in images]
+    assert all(v.shape == () and np.isfinite(float(v)) for v in b) and float(b[0]) != float(b[1])
+    # Its parameters are the guide's "baseline" module: it is what Reinforce(baseline=...) learns.
+    g = jax.grad(lambda p: air.baseline(p, images[0]))(params)
+    assert any(float(jnp.abs(leaf).sum()) > 0 for leaf in jax.tree_util.tree_leaves(g["baseline"]))
+
+
 def test_count_objects_counts_leading_ones():
     for pattern in itertools.product([0.0, 1.0], repeat=3):
         choices = {f"z_pres_{t}": jnp.array(v) for t, v in enumerate(pattern)}
@@ -206,39 +218,76 @@ def exact_masses(air, params, image):
 def tiny():
     air, params = tiny_params(seed=3)
     image = jax.random.uniform(jax.random.key(6), (TINY.canvas, TINY.canvas))
-    exact_value, exact_grad = jax.jit(jax.value_and_grad(lambda p, x: exact_objective(air, p, x)))(params, image)
+    exact = jax.value_and_grad(lambda p, x: exact_objective(air, p, x))
+    exact_value, exact_grad = jax.jit(exact, compiler_options=fast_compile_options())(params, image)
     return air, params, image, exact_value, exact_grad
 
 
 def test_enumeration_masses_sum_to_one(tiny):
     air, params, image, _, _ = tiny
-    assert jax.jit(lambda p, x: exact_masses(air, p, x))(params, image) == pytest.approx(1.0, abs=1e-5)
+    masses = jax.jit(lambda p, x: exact_masses(air, p, x), compiler_options=fast_compile_options())
+    assert masses(params, image) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_enum_is_exact(tiny):
     air, params, image, exact_value, exact_grad = tiny
-    value, grad = jax.jit(fixed_objective(air, ENUM).value_and_grad)(jax.random.key(0), params, image)
-    assert float(value) == pytest.approx(float(exact_value), rel=1e-5)
-    for g, e in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(exact_grad), strict=True):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+    enum = fixed_objective(air, ENUM)
+    # A few keys: ENUM sums the z_pres patterns exactly, whatever the key.
+    values, grads = draw_estimates(lambda k: enum.value_and_grad(k, params, image), jax.random.key(0), 4)
+    np.testing.assert_allclose(values, float(exact_value), rtol=1e-5)
+    for g, e in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(exact_grad), strict=True):
+        np.testing.assert_allclose(g, np.broadcast_to(e, g.shape), rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def strategy_grads(tiny):
+    """Each sampling strategy's gradient estimates at the tiny AIR, drawn by one compiled program."""
+    air, params, image, _, _ = tiny
+    # A learned baseline at arbitrary (untrained) parameters: still unbiased.
+    strategies = {"reinforce": REINFORCE, "reinforce+baseline": Reinforce(baseline=air.baseline), "mvd": MVD}
+    objectives = {name: fixed_objective(air, chosen) for name, chosen in strategies.items()}
+    return draw_estimates(lambda k: {name: o.grad(k, params, image) for name, o in objectives.items()},
+                          jax.random.key(7), 3000)
+
+
+# Slow: three AIR estimators, one large compilation. Each strategy is checked against exact
+# gradients on small models in tests/inference/test_gradients.py (learned baselines in
+# test_learned_baseline_is_unbiased); the fast check of AIR itself is test_enum_is_exact.
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["reinforce", "reinforce+baseline", "mvd"])
-def test_strategy_gradient_is_unbiased(tiny, strategy):
-    air, params, image, _, exact_grad = tiny
-    if strategy == "reinforce+baseline":
-        # A learned baseline at arbitrary (untrained) parameters: still unbiased.
-        chosen = Reinforce(baseline=air.baseline)
-    else:
-        chosen = {"reinforce": REINFORCE, "mvd": MVD}[strategy]
-    objective = fixed_objective(air, chosen)
-    grads = draw_estimates(lambda k: objective.grad(k, params, image), jax.random.key(7), 3000)
+def test_strategy_gradient_is_unbiased(tiny, strategy_grads, strategy):
+    _, _, _, _, exact_grad = tiny
+    grads = strategy_grads[strategy]
     if strategy == "reinforce+baseline":
         # The baseline's own parameters get the least-squares fit gradient, not an ELBO gradient.
         grads, exact_grad = {k: grads[k] for k in grads if k != "baseline"}, {
             k: exact_grad[k] for k in exact_grad if k != "baseline"
         }
     assert_unbiased(grads, exact_grad, name=f"AIR {strategy} gradient")
+
+
+def test_batch_value_and_grad_averages_per_image_estimates_of_a_small_program():
+    """The fast sibling of the AIR test below: the same batching, on a two-site program of an image."""
+
+    @gendsl.model
+    def model(image):
+        z = gendsl.sample("z", dist.Normal(0.0, 1.0))
+        gendsl.sample("image", dist.Normal(z, 1.0).expand(image.shape).to_event(2), obs=image)
+
+    @gendsl.model
+    def guide(image):
+        gendsl.sample("z", dist.Normal(gendsl.param("m", 0.0), 1.0), strategy=REINFORCE)
+
+    objective = elbo(model, guide)
+    images = jax.random.normal(jax.random.key(8), (3, 2, 2))
+    params, key = {"m": jnp.float32(0.3)}, jax.random.key(9)
+    value, grad = jax.jit(lambda k, p, x: batch_value_and_grad(objective, k, p, x))(key, params, images)
+    keys = jax.random.split(key, 3)
+    single = jax.jit(objective.value_and_grad)
+    one = [single(keys[i], params, images[i]) for i in range(3)]
+    assert float(value) == pytest.approx(float(np.mean([float(v) for v, _ in one])), rel=1e-5)
+    np.testing.assert_allclose(grad["m"], np.mean([float(g["m"]) for _, g in one]), rtol=1e-5)
+    assert len({float(g["m"]) for _, g in one}) == 3  # one independent estimate per image
 
 
 @pytest.mark.slow  # two compilations of the tiny AIR gradient: ~30 s on 2 shared cores

@@ -1,0 +1,1 @@
+"""The flows tests (a package, so that its conftest.py is not a second top-level ``conftest`` module)."""
