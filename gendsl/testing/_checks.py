@@ -23,6 +23,11 @@ def fast_compile_options() -> dict | None:
     return FAST_COMPILE_CPU if jax.default_backend() == "cpu" else None
 
 
+def fast_jit(fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` compiled with ``fast_compile_options()``: for programs run once or twice."""
+    return jax.jit(fn, compiler_options=fast_compile_options(), **jit_kwargs)
+
+
 def draw_estimates(estimator: Callable, key, n: int, *, fast_compile: bool = True):
     """``n`` independent draws of ``estimator(key)``, jitted and vmapped over keys.
 

@@ -60,15 +60,16 @@ def test_jit_and_vmap_equal_eager():
 
 
 def test_repeat_and_vmap_models():
+    # Compiled (eager execution of the batched models is covered by the doctests of _model.py).
     particles = jax.jit(regression.repeat(7).simulate)(jax.random.key(2), X, Y)
     assert particles.choices["w"].shape == (7, 2)
-    scores = regression.repeat(7).assess(particles.latents, X, Y)
+    scores = jax.jit(regression.repeat(7).assess)(particles.latents, X, Y)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(particles.score), rtol=1e-5)
 
     xs, ys = jnp.stack([X, 2 * X]), jnp.stack([Y, -Y])
-    batch = regression.vmap(in_axes=(0, 0)).simulate(jax.random.key(3), xs, ys)
+    batch = jax.jit(regression.vmap(in_axes=(0, 0)).simulate)(jax.random.key(3), xs, ys)
     np.testing.assert_array_equal(np.asarray(batch.choices["y"]), np.asarray(ys))
-    traces, weights = regression.vmap(in_axes=(0, 0)).generate(
+    traces, weights = jax.jit(regression.vmap(in_axes=(0, 0)).generate)(
         jax.random.key(3), {"s": 0.7}, xs, ys
     )
     np.testing.assert_allclose(np.asarray(traces.choices["s"]), 0.7)

@@ -18,7 +18,7 @@ import gendsl.distributions as dist
 from gendsl import handlers
 from gendsl.inference import SVI, Reinforce, elbo, iwelbo
 from gendsl.inference._provenance import analyze, pair, score_site
-from gendsl.testing._checks import draw_estimates
+from gendsl.testing._checks import draw_estimates, fast_jit
 
 N = 4000
 
@@ -53,7 +53,7 @@ def point_elbo(logit, x):
     return total
 
 
-@jax.jit
+@fast_jit
 def exact_plate_grad(params, x):
     """The exact gradient of the summed per-point ELBOs in ``params["logits"]`` (compiled once per shape)."""
     return jax.grad(lambda p: jax.vmap(point_elbo)(p["logits"], x).sum())(params)
@@ -184,7 +184,7 @@ def test_cross_point_dependence_is_kept():
         return total
 
     params = {"logits": jnp.array([-0.5, 0.2, 0.9])}
-    within_4_se(grads(elbo(model, guide), params, x)["logits"], jax.jit(jax.grad(exact))(params)["logits"])
+    within_4_se(grads(elbo(model, guide), params, x)["logits"], fast_jit(jax.grad(exact))(params)["logits"])
 
 
 def test_mixture_assignments_indexing_cluster_centres():
@@ -210,7 +210,7 @@ def test_mixture_assignments_indexing_cluster_centres():
 
     params = {"logits": jnp.array([[0.3, -0.2, 0.1], [0.0, 0.4, -0.5], [1.0, 0.2, -0.3], [-0.4, 0.1, 0.6]])}
     g = grads(elbo(model, guide), params, x)["logits"]
-    within_4_se(g.reshape(N, -1), jax.jit(jax.grad(exact))(params)["logits"].reshape(-1))
+    within_4_se(g.reshape(N, -1), fast_jit(jax.grad(exact))(params)["logits"].reshape(-1))
 
 
 def test_iwelbo_per_point_with_reinforce_sites():
@@ -233,7 +233,7 @@ def test_iwelbo_per_point_with_reinforce_sites():
                 total = total + qa * qb * (jnp.logaddexp(wa, wb) - jnp.log(2.0))
         return total
 
-    exact = jax.jit(jax.grad(lambda p: jax.vmap(point_iwelbo)(p["logits"], x).sum()))(params)["logits"]
+    exact = fast_jit(jax.grad(lambda p: jax.vmap(point_iwelbo)(p["logits"], x).sum()))(params)["logits"]
     within_4_se(grads(iwelbo(model, guide, 2, plate="data"), params, x)["logits"], exact)
 
 
@@ -288,7 +288,7 @@ def hmm_exact_elbo(params, x):
 
 def test_hmm_in_a_loop_unbiased_with_and_without_tracking():
     params = {"a": jnp.linspace(-1.0, 1.0, T), "c": jnp.array(0.5)}
-    exact = jax.jit(jax.grad(hmm_exact_elbo))(params, HMM_X)
+    exact = fast_jit(jax.grad(hmm_exact_elbo))(params, HMM_X)
     variance = {}
     for track in (True, False):
         g = grads(hmm_pair(track), params, HMM_X, seed=3)

@@ -31,7 +31,7 @@ from gendsl.inference import (
     repeat,
     sim,
 )
-from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_compile_options
+from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_jit
 
 N = 4000
 SETTINGS = settings(max_examples=4, deadline=None, derandomize=True, database=None)
@@ -211,9 +211,9 @@ def compiled_grads(family):
     def one(k, p):
         return {name: objective.grad(k, p) for name, (objective, _) in cases.items()}
 
-    draw = jax.jit(lambda p: jax.vmap(one, in_axes=(0, None))(keys, p), compiler_options=fast_compile_options())
+    draw = fast_jit(lambda p: jax.vmap(one, in_axes=(0, None))(keys, p))
     _, exact = next(iter(cases.values()))  # the exact expectation depends on the family only
-    return draw, jax.jit(jax.grad(exact))
+    return draw, fast_jit(jax.grad(exact))
 
 
 @pytest.mark.parametrize("family,strategy", CASES, ids=lambda c: str(c))
@@ -256,7 +256,7 @@ def plate_grads():
         return total
 
     draws = grads_of({str(s): (plate_objective(s), 1) for s in PLATE_STRATEGIES}, p)
-    return draws, jax.jit(jax.grad(exact))(p)
+    return draws, fast_jit(jax.grad(exact))(p)
 
 
 @pytest.mark.parametrize("strategy", PLATE_STRATEGIES, ids=str)
@@ -282,11 +282,11 @@ def test_mixed_strategies_under_particles():
     params = {"p": 0.3, "mu": 0.4, "t": -0.2}
     one = expectation(lambda p: _value(q, p))
     three = expectation(lambda p: repeat(3, lambda: _value(q, p))().mean())
-    target = jax.jit(jax.grad(exact))(params)
+    target = fast_jit(jax.grad(exact))(params)
     g = grads_of({"single": (one, 1), "particles": (three, 1)}, params)
     assert_unbiased(g["single"], target, name="single")
     assert_unbiased(g["particles"], target, name="particles")
-    jitted = jax.jit(three.grad, compiler_options=fast_compile_options())(jax.random.key(1), params)
+    jitted = fast_jit(three.grad)(jax.random.key(1), params)
     assert all(np.isfinite(v) for v in jax.tree_util.tree_leaves(jitted))
 
 
@@ -328,7 +328,7 @@ def discrete_scan_grads():
         return total
 
     draws = grads_of({str(s): (chain_objective(s), 1) for s in DISCRETE_SCAN_STRATEGIES}, 0.3)
-    return draws, jax.jit(jax.grad(exact))(0.3)
+    return draws, fast_jit(jax.grad(exact))(0.3)
 
 
 @pytest.mark.parametrize("strategy", DISCRETE_SCAN_STRATEGIES, ids=str)
@@ -440,12 +440,12 @@ def test_learned_baseline_fits_and_reduces_variance():
 
     objective = elbo(far_coin_model, guide_with_learned_baseline)
     # One compiled program for every parameter value: the parameters are an argument.
-    draw = jax.jit(jax.vmap(objective.grad, in_axes=(0, None)))
+    draw = fast_jit(jax.vmap(objective.grad, in_axes=(0, None)))
     keys = jax.random.split(jax.random.key(0), 20000)
     # Fit the baseline alone (theta frozen), then compare variances at theta = -1.
     opt = optax.multi_transform({"b": optax.adam(0.1), "theta": optax.set_to_zero()}, {"b": "b", "theta": "theta"})
     fitted = SVI(objective, opt).run(jax.random.key(0), 1500, progress=False).params
-    value = float(jax.jit(lambda k, p: objective.estimate(k, p, samples=20000))(jax.random.key(1), fitted))
+    value = float(fast_jit(lambda k, p: objective.estimate(k, p, samples=20000))(jax.random.key(1), fitted))
     assert abs(float(fitted["b"]) - value) < 0.5  # it learned E[f] up to SGD noise
     assert float(fitted["theta"]) == -1.0
     learned = draw(keys, fitted)["theta"]

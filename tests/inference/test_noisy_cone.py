@@ -16,7 +16,7 @@ import pytest
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
-from gendsl.testing._checks import fast_compile_options
+from gendsl.testing._checks import fast_jit
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "examples" / "noisy_cone.py"
 _SPEC = importlib.util.spec_from_file_location("noisy_cone", _PATH)
@@ -106,9 +106,8 @@ def draws_for(names):
     def by_hand(k):
         return {name: jax.value_and_grad(BY_HAND[name][0], argnums=1)(k, params[name]) for name in names}
 
-    options = fast_compile_options()  # each program runs once: compile it fast
-    ref = jax.jit(jax.vmap(by_hand), compiler_options=options)(jax.random.split(jax.random.key(1), N))
-    return jax.jit(jax.vmap(ours), compiler_options=options)(jax.random.split(jax.random.key(2), N)), ref
+    ref = fast_jit(jax.vmap(by_hand))(jax.random.split(jax.random.key(1), N))  # each program runs once
+    return fast_jit(jax.vmap(ours))(jax.random.split(jax.random.key(2), N)), ref
 
 
 # The fast suite checks the simplest and the most composite objective (DIWHVI nests IWHVI's

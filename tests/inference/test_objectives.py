@@ -25,7 +25,7 @@ from gendsl.inference import (
     sleep,
     vimco,
 )
-from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_compile_options
+from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_jit
 
 N = 3000
 
@@ -80,7 +80,7 @@ def iw(log_w):
 
 
 VIMCO_STRATEGIES = [REINFORCE, ENUM, MVD]
-exact_iwelbo3_grad = jax.jit(jax.grad(lambda p: exact_bound(p, 3, iw)))  # compiled once for the module
+exact_iwelbo3_grad = fast_jit(jax.grad(lambda p: exact_bound(p, 3, iw)))  # compiled once for the module
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_renyi_value_and_gradient(renyi_draws, alpha):
     def combine(log_w):
         return (jax.nn.logsumexp((1 - alpha) * log_w) - jnp.log(2)) / (1 - alpha)
 
-    exact_value, exact_grad = jax.jit(jax.value_and_grad(lambda p: exact_bound(p, 2, combine)))(PARAMS)
+    exact_value, exact_grad = fast_jit(jax.value_and_grad(lambda p: exact_bound(p, 2, combine)))(PARAMS)
     values, grads = renyi_draws[str(alpha)]
     assert_unbiased(values, exact_value)
     assert_unbiased(grads, exact_grad)
@@ -134,7 +134,7 @@ def test_p_wake_and_q_wake_gradients():
         """sum_config q(config) * ∇ loss(config) with the sampling distribution held fixed."""
         zs = configurations(k)
         prob = jnp.exp(dist.Bernoulli(logits=PARAMS["theta"]).log_prob(zs).sum(-1))
-        g = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(PARAMS, zs)
+        g = fast_jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(PARAMS, zs)
         return jax.tree_util.tree_map(lambda gi: jnp.sum(prob * gi), g)
 
     def weights(p, zs):
@@ -180,7 +180,7 @@ def test_sleep_gradient():
 
     params = {"t": jnp.array([0.2, -0.5])}
     objective = sleep(p, q, observed="x")
-    assert_unbiased(grad_draws(objective, params, 1.0), jax.jit(jax.grad(exact))(params))
+    assert_unbiased(grad_draws(objective, params, 1.0), fast_jit(jax.grad(exact))(params))
 
 
 # --- Gaussian model: DReG and STL against quadrature / closed forms -----------------------
@@ -214,7 +214,7 @@ def quadrature_iwelbo2(params, x=1.0, order=60):
 @pytest.mark.parametrize("estimator", ["score", "dreg"])
 def test_iwelbo_gradients_against_quadrature(estimator):
     objective = iwelbo(gauss, gauss_guide, 2, estimator=estimator)
-    exact_value, exact_grad = jax.jit(jax.value_and_grad(quadrature_iwelbo2))(GP)
+    exact_value, exact_grad = fast_jit(jax.value_and_grad(quadrature_iwelbo2))(GP)
     values, grads = draws(objective, GP, 1.0)
     assert_unbiased(grads, exact_grad)
     assert_unbiased(values, exact_value)
@@ -228,11 +228,10 @@ def test_stl_elbo_is_unbiased_and_has_lower_variance_near_the_optimum():
         entropy = 0.5 * jnp.log(2 * jnp.pi * jnp.e * s**2)
         return e_prior + e_lik + entropy
 
-    exact = jax.jit(jax.grad(exact_elbo))(GP)
+    exact = fast_jit(jax.grad(exact_elbo))(GP)
     stl = elbo(gauss, gauss_guide, estimator="stl")
     # One compiled program for both parameter values: the parameters are an argument.
-    stl_grads = jax.jit(jax.vmap(lambda k, p: stl.grad(k, p, 1.0), in_axes=(0, None)),
-                        compiler_options=fast_compile_options())
+    stl_grads = fast_jit(jax.vmap(lambda k, p: stl.grad(k, p, 1.0), in_axes=(0, None)))
     keys = jax.random.split(jax.random.key(0), N)
     assert_unbiased(stl_grads(keys, GP), exact)
     assert_unbiased(grad_draws(elbo(gauss, gauss_guide), GP, 1.0), exact)
@@ -250,7 +249,7 @@ def test_beta_elbo():
 
     objective = elbo(gauss, gauss_guide, beta=0.5)
     values, grads = draws(objective, GP, 1.0)
-    exact_value, exact_grad = jax.jit(jax.value_and_grad(exact))(GP)
+    exact_value, exact_grad = fast_jit(jax.value_and_grad(exact))(GP)
     assert_unbiased(values, exact_value)
     assert_unbiased(grads, exact_grad)
 
@@ -297,7 +296,7 @@ def exact_hierarchical(p, outer, inner):
     return jnp.sum(jnp.exp(prob.sum(-1)) * (jax.nn.logsumexp(log_w, axis=-1) - jnp.log(outer)))
 
 
-exact_hierarchical_value_and_grad = jax.jit(jax.value_and_grad(exact_hierarchical), static_argnums=(1, 2))
+exact_hierarchical_value_and_grad = fast_jit(jax.value_and_grad(exact_hierarchical), static_argnums=(1, 2))
 SLOW = pytest.mark.slow
 FAST_HIERARCHICAL = [("hvi", REINFORCE), ("hvi", ENUM), ("hvi", MVD), ("iwhvi", MVD), ("diwhvi", MVD)]
 HIERARCHICAL = [
@@ -378,12 +377,12 @@ def test_per_datapoint_iwelbo_matches_the_iwae_bound():
         return total
 
     objective = iwelbo(p, q, 2, plate="data")
-    exact_value, exact_grad = jax.jit(jax.value_and_grad(exact))(params)
+    exact_value, exact_grad = fast_jit(jax.value_and_grad(exact))(params)
     values, grads = draws(objective, params, x)
     assert_unbiased(values, exact_value)
     assert_unbiased(grads, exact_grad)
     # Tighter than the whole-batch bound.
-    whole = jax.jit(lambda k: iwelbo(p, q, 2).estimate(k, params, x, samples=4000))(jax.random.key(0))
+    whole = fast_jit(lambda k: iwelbo(p, q, 2).estimate(k, params, x, samples=4000))(jax.random.key(0))
     assert float(exact_value) > float(whole)
 
     @gendsl.model
@@ -405,7 +404,7 @@ def test_rws_combines_p_wake_and_q_wake():
 
     guide = coin_guide(REINFORCE)
 
-    @jax.jit  # one compiled program: the three objectives side by side, on the same key
+    @fast_jit  # one compiled program: the three objectives side by side, on the same key
     def run(key):
         return [objective(coin, guide, 3).value_and_grad(key, PARAMS) for objective in (rws, p_wake, q_wake)]
 

@@ -8,7 +8,7 @@ import pytest
 import gendsl
 import gendsl.distributions as dist
 from gendsl.inference import iwelbo, renyi, rws
-from gendsl.testing._checks import assert_unbiased, draw_estimates
+from gendsl.testing._checks import assert_unbiased, draw_estimates, fast_jit
 
 X = jnp.array([0.5, -1.0, 2.0])
 PARAMS = {"mu0": 0.3, "m": jnp.array([0.2, -0.3, 0.8]), "s": 0.9}
@@ -79,7 +79,7 @@ def draws(objective, n=2000):
 
 
 # The exact values, compiled (run op by op, the quadrature costs more than the estimators).
-exact_value_and_grad = jax.jit(jax.value_and_grad(exact_renyi))
+exact_value_and_grad = fast_jit(jax.value_and_grad(exact_renyi))
 
 
 def test_per_point_renyi_matches_quadrature():
@@ -105,7 +105,7 @@ def test_per_point_rws_matches_quadrature():
     assert_unbiased(values, exact_value)
     model_exact = exact_grad["mu0"]  # the model's gradient is the bound's: the guide is held fixed
     assert_unbiased(g["mu0"], model_exact)
-    guide_exact = jax.jit(exact_rws_guide_grad)(PARAMS)
+    guide_exact = fast_jit(exact_rws_guide_grad)(PARAMS)
     assert_unbiased({"m": g["m"], "s": g["s"]}, {"m": guide_exact["m"], "s": guide_exact["s"]})
 
 

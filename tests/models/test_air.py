@@ -29,7 +29,7 @@ from gendsl.models.air import (
     with_strategy,
 )
 from gendsl.testing import assert_unbiased, draw_estimates
-from gendsl.testing._checks import fast_compile_options
+from gendsl.testing._checks import fast_jit
 
 TINY = AIRConfig(canvas=6, window=3, steps=2, what=2, hidden=4, mlp=4, pres_prior=0.4)
 
@@ -130,7 +130,7 @@ def test_model_log_density_by_hand():
         "z_where_1": jnp.array([9.0, 9.0, 9.0]),  # absent object: masked, must not count
         "z_what_1": jnp.array([5.0, 5.0]),
     }
-    logp = float(jax.jit(air.model.bind(params).assess)(choices, image))
+    logp = float(fast_jit(air.model.bind(params).assess)(choices, image))
 
     decoder = params["decoder"]
     h = np.maximum(0.0, np.asarray(decoder.layers[0].weight) @ np.array([0.3, -0.7]) + decoder.layers[0].bias)
@@ -219,13 +219,13 @@ def tiny():
     air, params = tiny_params(seed=3)
     image = jax.random.uniform(jax.random.key(6), (TINY.canvas, TINY.canvas))
     exact = jax.value_and_grad(lambda p, x: exact_objective(air, p, x))
-    exact_value, exact_grad = jax.jit(exact, compiler_options=fast_compile_options())(params, image)
+    exact_value, exact_grad = fast_jit(exact)(params, image)
     return air, params, image, exact_value, exact_grad
 
 
 def test_enumeration_masses_sum_to_one(tiny):
     air, params, image, _, _ = tiny
-    masses = jax.jit(lambda p, x: exact_masses(air, p, x), compiler_options=fast_compile_options())
+    masses = fast_jit(lambda p, x: exact_masses(air, p, x))
     assert masses(params, image) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -281,9 +281,9 @@ def test_batch_value_and_grad_averages_per_image_estimates_of_a_small_program():
     objective = elbo(model, guide)
     images = jax.random.normal(jax.random.key(8), (3, 2, 2))
     params, key = {"m": jnp.float32(0.3)}, jax.random.key(9)
-    value, grad = jax.jit(lambda k, p, x: batch_value_and_grad(objective, k, p, x))(key, params, images)
+    value, grad = fast_jit(lambda k, p, x: batch_value_and_grad(objective, k, p, x))(key, params, images)
     keys = jax.random.split(key, 3)
-    single = jax.jit(objective.value_and_grad)
+    single = fast_jit(objective.value_and_grad)
     one = [single(keys[i], params, images[i]) for i in range(3)]
     assert float(value) == pytest.approx(float(np.mean([float(v) for v, _ in one])), rel=1e-5)
     np.testing.assert_allclose(grad["m"], np.mean([float(g["m"]) for _, g in one]), rtol=1e-5)
@@ -296,9 +296,9 @@ def test_batch_value_and_grad_is_the_mean_of_per_image_estimates():
     images = jax.random.uniform(jax.random.key(8), (3, TINY.canvas, TINY.canvas))
     objective = elbo(air.model, with_strategy(air.guide, REINFORCE))  # any strategy: this checks the batching
     key = jax.random.key(9)
-    value, grad = jax.jit(lambda k, p, x: batch_value_and_grad(objective, k, p, x))(key, params, images)
+    value, grad = fast_jit(lambda k, p, x: batch_value_and_grad(objective, k, p, x))(key, params, images)
     keys = jax.random.split(key, 3)
-    single = jax.jit(objective.value_and_grad)
+    single = fast_jit(objective.value_and_grad)
     one = [single(keys[i], params, images[i]) for i in range(3)]
     assert float(value) == pytest.approx(float(np.mean([float(v) for v, _ in one])), rel=1e-5)
     mean_grad = jax.tree_util.tree_map(lambda *g: sum(g) / 3, *[g for _, g in one])
