@@ -15,7 +15,7 @@ from numpyro.primitives import Messenger
 from gendsl._address import as_key, site_key
 from gendsl._messages import ADDRESS, INFER_STRATEGY
 
-__all__ = ["seed", "strategy"]
+__all__ = ["seed", "shared_subsamples", "strategy"]
 
 _KEYED_TYPES = ("sample", "prng_key", "plate", "control_flow")
 
@@ -69,6 +69,28 @@ class seed(Messenger):
             else:
                 address = msg["name"]
         msg["kwargs"]["rng_key"] = site_key(self.key, address)
+
+
+class shared_subsamples(Messenger):
+    """Every subsampled plate named ``n`` draws its indices with the key of address ``#plate/n``.
+
+    The estimators enter it innermost around each program an objective runs (the guide's draw,
+    the model's density), all with the objective's one key, so that a guide and a model (and
+    every particle) that open ``plate("N", size, subsample_size=B)`` see the same ``B``
+    indices, as NumPyro's model and guide do through the trace. Plates that are given their
+    indices (``choices["N"]``) keep them.
+
+    Args:
+        key: the key of the objective's execution.
+    """
+
+    def __init__(self, key: Any) -> None:
+        self.key = as_key(key)
+        super().__init__()
+
+    def process_message(self, msg) -> None:
+        if msg["type"] == "plate" and msg.get("value") is None and msg["kwargs"].get("rng_key") is None:
+            msg["kwargs"]["rng_key"] = site_key(self.key, f"#plate/{msg['name']}")
 
 
 class strategy(Messenger):

@@ -14,6 +14,7 @@ The model object is still a plain callable, so NumPyro's handlers, ``MCMC`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,10 +27,10 @@ from numpyro.primitives import Messenger
 
 from gendsl._address import as_key
 from gendsl._errors import AddressError, MissingChoiceError
-from gendsl._handlers import seed
+from gendsl._handlers import seed, shared_subsamples
 from gendsl._trace import Recorder, Trace
 
-__all__ = ["Model", "VmapModel", "model"]
+__all__ = ["Model", "VmapModel", "assess_trace", "model"]
 
 
 class RequireValues(Messenger):
@@ -137,12 +138,7 @@ class Model:
             MissingChoiceError: a latent site has no value.
             AddressError: ``choices`` names an address the model never visits.
         """
-        _check_mapping("assess(choices)", choices)
-        rec = Recorder()
-        with rec, RequireValues(), nh.substitute(data=dict(choices)):
-            retval = self.fn(*args, **kwargs)
-        _check_visited("assess(choices)", choices, rec)
-        return rec.trace(retval).score
+        return assess_trace(self, choices, args, kwargs).score
 
     def generate(self, key, constraints: Mapping[str, Any], *args, **kwargs) -> tuple[Trace, jax.Array]:
         """Run with ``constraints`` fixed; sample the other latents from the prior.
@@ -298,6 +294,23 @@ class VmapModel:
         keys = jax.random.split(as_key(key), self._size(args, axes))
         run = functools.partial(_generate, self.model, kwargs)
         return jax.vmap(run, in_axes=(0, self.constraints_axis, *axes))(keys, constraints, *args)
+
+
+def assess_trace(model: Model, choices: Mapping[str, Any], args: tuple, kwargs: dict, *,
+                 subsample_key: Any = None) -> Trace:
+    """The trace of ``model`` at ``choices`` (``Model.assess`` returns its score).
+
+    With ``subsample_key``, a subsampled plate whose indices are not among the choices draws
+    them under ``shared_subsamples(subsample_key)``, as inside an objective; without it, such a
+    plate is an error.
+    """
+    _check_mapping("assess(choices)", choices)
+    rec = Recorder()
+    shared = contextlib.nullcontext() if subsample_key is None else shared_subsamples(subsample_key)
+    with rec, RequireValues(), nh.substitute(data=dict(choices)), shared:
+        retval = model.fn(*args, **kwargs)
+    _check_visited("assess(choices)", choices, rec)
+    return rec.trace(retval)
 
 
 def _simulate(model, kwargs, key, *args):

@@ -86,6 +86,13 @@ class Trace(eqx.Module):
         Every site in ``addresses`` (default: all sites) must lie in the plate;
         other dimensions are summed. Per-data-point bounds (IWAE) need this.
         """
+        if plate in self.subsamples:
+            # Each element's log density carries the N/B scale, which a per-point bound would put
+            # inside its log-mean-exp: refuse rather than return a wrong bound.
+            raise AddressError(
+                f"plate '{plate}' is subsampled; a per-'{plate}' bound needs the plate without "
+                "subsample_size (train on minibatches with SVI.run(..., batch_size=...) instead)"
+            )
         plates = dict(self.site_plates)
         total = None
         for address in self.log_probs if addresses is None else addresses:

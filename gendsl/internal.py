@@ -6,7 +6,9 @@ the protocol between the language and the estimators is written down in one plac
 listed below, and nothing outside ``gendsl/`` imports a private ``gendsl._*`` module.
 
 * Executions: ``Recorder`` (the handler that records a ``Trace``), ``RequireValues`` (fails on
-  a latent site without a value, as ``assess`` does), ``missing_choice``.
+  a latent site without a value, as ``assess`` does), ``missing_choice``, ``assess_trace`` (the
+  trace ``Model.assess`` scores), ``shared_subsamples`` (every subsampled plate of one name draws
+  the same indices: how a guide's and a model's plates agree inside an objective).
 * Addresses and keys: ``join`` (the address of a site in a scope), ``address_hash``,
   ``site_key`` (the key of an address), ``as_key`` (a key or an int seed as a key).
 * ``site_log_prob_p``: the identity primitive that marks one site's log density as one cost
@@ -24,7 +26,7 @@ Example:
 """
 
 from gendsl._address import address_hash, as_key, join, site_key
-from gendsl._handlers import seed, strategy
+from gendsl._handlers import seed, shared_subsamples, strategy
 from gendsl._messages import (
     ADDRESS,
     CONTROL_FLOW_DONE,
@@ -37,7 +39,7 @@ from gendsl._messages import (
     STOP_GRADIENT,
     LoopSiteHandler,
 )
-from gendsl._model import RequireValues, missing_choice
+from gendsl._model import RequireValues, assess_trace, missing_choice
 from gendsl._trace import Recorder, site_log_prob_p
 
 __all__ = [
@@ -55,9 +57,11 @@ __all__ = [
     "RequireValues",
     "address_hash",
     "as_key",
+    "assess_trace",
     "join",
     "missing_choice",
     "seed",
+    "shared_subsamples",
     "site_key",
     "site_log_prob_p",
     "strategy",

@@ -20,7 +20,7 @@ import jax
 import gendsl
 from gendsl.internal import join
 
-__all__ = ["Branches", "Execution", "Override", "active", "current"]
+__all__ = ["Branches", "Execution", "Override", "active", "current", "innermost"]
 
 
 @dataclasses.dataclass
@@ -70,10 +70,15 @@ class Execution:
         branches: ``Branches`` of the sites differentiated by re-execution.
         exact: ``(address, support)`` of unbatched ENUM sites, summed exactly.
         enum_logq: log q of each overridden site at its overridden value.
+        subsample_key: the key every subsampled plate of the objective draws its indices with
+            (``gendsl.internal.shared_subsamples``): the root execution's key, shared by its
+            ``repeat`` particles, so that guide, model and particles subsample alike.
     """
 
-    def __init__(self, key, overrides, *, prefix: str = "", exact_allowed: bool = True, track: bool = False):
+    def __init__(self, key, overrides, *, prefix: str = "", exact_allowed: bool = True, track: bool = False,
+                 subsample_key=None):
         self.key = key
+        self.subsample_key = key if subsample_key is None else subsample_key
         self.overrides = overrides
         self.prefix = prefix
         self.exact_allowed = exact_allowed
@@ -105,6 +110,11 @@ class Execution:
 
 
 _EXECUTIONS: list[Execution] = []
+
+
+def innermost() -> Execution | None:
+    """The innermost execution in progress, or None outside objectives."""
+    return _EXECUTIONS[-1] if _EXECUTIONS else None
 
 
 def current(what: str) -> Execution:

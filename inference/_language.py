@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 
 import gendsl
-from gendsl.inference._execution import Branches, Execution, Override, active, current
+from gendsl.inference._execution import Branches, Execution, Override, active, current, innermost
 from gendsl.inference._sites import SiteHandler
-from gendsl.internal import Recorder, address_hash, join, seed, site_key
+from gendsl.internal import Recorder, address_hash, assess_trace, join, seed, shared_subsamples, site_key
 
-__all__ = ["baselines", "density", "repeat", "sim", "simulate_in_objective"]
+__all__ = ["baselines", "density", "repeat", "scored_trace", "sim", "simulate_in_objective"]
 
 sg = jax.lax.stop_gradient
 
@@ -61,8 +61,8 @@ def sim(model, *, name: str | None = None) -> Callable[..., tuple[dict, jax.Arra
 def simulate_in_objective(model, name, args, kwargs, *, score_paths=True) -> gendsl.Trace:
     """Run ``model`` inside the current objective, each latent site with its strategy.
 
-    With ``score_paths=False``, the log density of a REINFORCE site enters the trace without
-    its gradient in the distribution's parameters (the value is unchanged). That gradient,
+    With ``score_paths=False``, the log density of a REINFORCE, ENUM or MVD site enters the
+    trace without its gradient in the distribution's parameters (the value is unchanged). That gradient,
     ``∇θ log q(z; θ)`` at the drawn ``z``, has expectation zero; an objective in which ``log q``
     enters linearly (the ELBO) may drop it, which removes its variance (as Pyro's and NumPyro's
     ``TraceGraph_ELBO`` do). Sites inside nested ``gendsl.scan`` loops keep it.
@@ -70,7 +70,12 @@ def simulate_in_objective(model, name, args, kwargs, *, score_paths=True) -> gen
     execution = current("sim(model)")
     address = execution.child_address("sim", name)
     rec = Recorder()
-    with SiteHandler(execution, address, score_paths=score_paths), rec, seed(key=site_key(execution.key, address)):
+    with (
+        SiteHandler(execution, address, score_paths=score_paths),
+        rec,
+        seed(key=site_key(execution.key, address)),
+        shared_subsamples(execution.subsample_key),
+    ):
         retval = model.fn(*args, **kwargs)
     return rec.trace(retval)
 
@@ -93,7 +98,18 @@ def density(model) -> Callable[..., jax.Array]:
     if hasattr(model, "density_in_objective"):  # marginal(...): a random, unbiased estimate
         return model.density_in_objective
     model = gendsl.model(model)
-    return model.assess
+
+    def run(choices, *args, **kwargs):
+        return scored_trace(model, choices, args, kwargs).score
+
+    return run
+
+
+def scored_trace(model: gendsl.Model, choices, args, kwargs) -> gendsl.Trace:
+    """The trace of ``model`` at ``choices``; inside an objective, subsampled plates draw its indices."""
+    execution = innermost()
+    key = None if execution is None else execution.subsample_key
+    return assess_trace(model, choices, args, kwargs, subsample_key=key)
 
 
 def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
@@ -126,7 +142,8 @@ def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
 
         def one(i, overrides):
             child = Execution(
-                jax.random.fold_in(base_key, i), [], prefix=address, exact_allowed=False, track=parent.track
+                jax.random.fold_in(base_key, i), [], prefix=address, exact_allowed=False, track=parent.track,
+                subsample_key=parent.subsample_key,
             )
             child.overrides = [
                 Override(o.address, o.index, o.value, o.path[1:], jnp.logical_and(o.active, o.path[0] == i))
