@@ -14,7 +14,10 @@ Three models with discrete latents, the ELBO gradient in every parameter:
 Estimators (gendsl, REINFORCE with dependency tracking): REINFORCE without baseline;
 REINFORCE with baselines (a constant per site and element: the mean of its EMA baseline
 over 500 steps at the fixed parameters, i.e. about the mean of the site's cost); ENUM;
-MVD. NumPyro: ``TraceGraph_ELBO`` (REINFORCE with dependency tracking, no baselines) on
+MVD. ``elbo`` drops the zero-mean ``∇θ log q`` term at the drawn value of ENUM and MVD
+sites; the "(log q term kept)" rows are the same estimators in an ELBO written with
+``sim`` (as a user would, and as ``elbo`` computed before issue 20), which keeps it.
+NumPyro: ``TraceGraph_ELBO`` (REINFORCE with dependency tracking, no baselines) on
 the same model functions (gendsl models run under NumPyro's handlers), same
 parameters, ``jax.grad`` of its loss.
 
@@ -26,6 +29,7 @@ fraction of parameters whose mean differs from the ENUM mean by more than 4 comb
 standard errors; about 0 for unbiased estimators).
 
     python benchmarks/grad_variance.py --data ../shared/data/mnist      # ~5 min on 2 CPU cores
+    python benchmarks/grad_variance.py --models coin,mixture            # the small models only (~1 min)
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ import multi_mnist
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import ENUM, MVD, Reinforce, elbo
+from gendsl.inference import ENUM, MVD, Reinforce, density, elbo, expectation, sim
 from gendsl.models.air import make_air
 
-ROWS = ["REINFORCE", "REINFORCE+baselines", "ENUM", "MVD", "NumPyro TraceGraph_ELBO"]
+KEPT = " (log q term kept)"
+ROWS = ["REINFORCE", "REINFORCE+baselines", "ENUM", "ENUM" + KEPT, "MVD", "MVD" + KEPT, "NumPyro TraceGraph_ELBO"]
 
 
 def coin():
@@ -100,7 +105,18 @@ def air_problem(data, seed):
 
 def strategy_for(row):
     return {"REINFORCE": Reinforce(baseline=None), "REINFORCE+baselines": Reinforce(baseline="ema"), "ENUM": ENUM,
-            "MVD": MVD}[row]
+            "MVD": MVD}[row.removesuffix(KEPT)]
+
+
+def kept_elbo(p, q):
+    """The ELBO as a user writes it with ``sim``: every site keeps the zero-mean ``∇θ log q`` term
+    at its draw, which ``elbo`` drops (for ENUM and MVD sites since issue 20, item 3)."""
+
+    def f(params, *args):
+        z, log_q = sim(q.bind(params))(*args)
+        return density(p.bind(params))(z, *args) - log_q
+
+    return expectation(f, models=(p, q))
 
 
 def with_rules(q, strategy, sites):
@@ -111,7 +127,8 @@ def estimators(p, q, params, args, sites):
     """One jitted ``key -> gradient`` function per row."""
     out = {}
     for row in ROWS[:-1]:
-        objective = elbo(p, with_rules(q, strategy_for(row), sites))
+        guide = with_rules(q, strategy_for(row), sites)
+        objective = kept_elbo(p, guide) if row.endswith(KEPT) else elbo(p, guide)
         if row == "REINFORCE+baselines":
             # Per-site constant baselines at the fixed parameters: the EMA baselines' trajectory
             # averaged over 500 steps after 100 of burn-in (a single EMA value is too noisy).
@@ -184,14 +201,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--models", default="coin,mixture,AIR",
+                        help="comma-separated subset of coin, mixture, AIR (AIR needs --data)")
     args = parser.parse_args()
+    chosen = args.models.split(",")
+    unknown = sorted(set(chosen) - {"coin", "mixture", "AIR"})
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from coin, mixture, AIR")
     numpyro.enable_x64(False)
 
     md = [
         "# Gradient variance per estimator at fixed parameters (issue 5, item 5)",
         "",
         f"`python benchmarks/grad_variance.py --data {args.data} -n {args.n} --n-air {args.n_air} "
-        f"--rounds {args.rounds}` on {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), "
+        f"--rounds {args.rounds} --models {args.models}` on {platform.machine()}, {os.cpu_count()} CPU cores "
+        "(shared with other jobs), "
         f"{datetime.date.today()}; jax {jax.__version__}, numpyro {numpyro.__version__}.",
         "",
         "Variance: mean over parameters of the per-parameter variance of one ELBO-gradient estimate. Time: median "
@@ -202,11 +226,13 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     sizes = {}
-    for name, problem, n, chunk, sites in [
-        ("coin", coin(), args.n, 5000, ["z"]),
-        ("mixture", mixture(), args.n, 5000, ["z"]),
-        ("AIR", air_problem(args.data, args.seed), args.n_air, 25, ["z_pres_*"]),
-    ]:
+    problems = {
+        "coin": lambda: (coin(), args.n, 5000, ["z"]),
+        "mixture": lambda: (mixture(), args.n, 5000, ["z"]),
+        "AIR": lambda: (air_problem(args.data, args.seed), args.n_air, 25, ["z_pres_*"]),
+    }
+    for name in chosen:
+        problem, n, chunk, sites = problems[name]()
         lines, sizes[name] = measure(name, problem, n, args.rounds, chunk, sites)
         md += lines
     md += ["", "Parameters: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + "."]

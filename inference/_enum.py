@@ -4,6 +4,11 @@ An unbatched scalar site outside ``repeat`` is summed exactly: the objective is 
 at every support value and weighted by ``q``, ``sum_k q(k) S(z = k)``. A batched site gets
 the local expectation per element: one re-execution per element and support value, with
 the other elements at their draws.
+
+In ``elbo`` the site records ``log q`` without its gradient in the guide's parameters at the
+drawn value (zero in expectation; see ``_reexecution``), so a plate whose elements each
+affect only their own terms (a mixture model's assignments) gets the exact gradient from one
+sample. Objectives in which ``log q`` enters nonlinearly keep that term, and are unbiased.
 """
 
 from __future__ import annotations

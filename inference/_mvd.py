@@ -10,6 +10,13 @@ estimation in machine learning", table 1):
   (k p² (1-p)^(k-1) on k ≥ 1 is the law of one plus the sum of two geometrics)
 * Normal(μ, σ):   ``∂_μ  = 1/(σ√(2π)) E[f(μ + σR) - f(μ - σR)]``, R ~ Rayleigh(1);
   ``∂_σ = (1/σ) E[f(μ + σM) - f(x)]``, M ~ double-sided Maxwell, x ~ Normal(μ, σ)
+
+These differentiate the expectation through the distribution; ``f`` itself may depend on
+the parameters too, through ``log q`` of the draw. In ``elbo`` that dependence (the
+zero-mean ``∇θ log q(x)`` at the draw) is dropped, see ``_reexecution``: the gradient of a
+lone Bernoulli site is then exact, ``∂p · (f(1) - f(0))``, where it used to be that plus or
+minus ``∂θ log q`` of the draw.
+Objectives in which ``log q`` enters nonlinearly keep it.
 """
 
 from __future__ import annotations

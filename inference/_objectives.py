@@ -100,10 +100,13 @@ def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expect
             ``"stl"`` (sticking the landing, Roeder et al. 2017: the guide's
             density is evaluated with stopped parameters, which removes the
             zero-mean score term; needs REPARAM at every guide site).
-            With ``"score"``, the guide's REINFORCE sites enter ``log q`` without
-            their parameter gradient, whose expectation is zero (as in Pyro's
-            and NumPyro's ``TraceGraph_ELBO``); their score-function terms carry
-            the gradient.
+            With ``"score"``, the guide's REINFORCE, ENUM and MVD sites enter
+            ``log q`` without their parameter gradient at the drawn value, whose
+            expectation is zero (for REINFORCE as in Pyro's and NumPyro's
+            ``TraceGraph_ELBO``); their score-function terms or re-executed
+            branches carry the gradient. So ENUM in a plate of independent
+            elements is exact from one sample. Valid because ``log q`` enters
+            linearly; other objectives keep the term.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist

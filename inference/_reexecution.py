@@ -7,6 +7,17 @@ re-executed with branch ``j`` substituted (vmapped over the branches), so that t
 is ``sum_j ∇c_j · F_j``. Keys are derived from addresses, so a re-execution reproduces every
 draw made before the site exactly: it is the continuation of the program at the site.
 
+The gradient is then ``∇θ F`` at the drawn values (the *pathwise part*) plus the branch
+terms. Where the objective uses the recorded ``log q`` of the draw, the pathwise part holds
+``∇θ log q(z)`` at the drawn ``z`` (through the distribution's parameters), whose expectation
+is zero given everything drawn before the site. An objective in which ``log q`` enters
+linearly (the ELBO: ``Site.score_paths`` is False) lets the site record ``log q`` without
+that gradient (the route REINFORCE sites take too, ``_reinforce``): the estimate stays unbiased and loses the
+term's variance. For a site of a plate whose elements each affect only their own terms, the
+local expectations then sum to the exact gradient. Any other objective (IWELBO, Rényi,
+a user's) keeps the term: where ``log q`` enters nonlinearly its gradient is weighted by
+quantities of the draws (IWELBO's normalized weights), so its expectation is not zero.
+
 ``ENUM`` (``_enum``) and ``MVD`` (``_mvd``) differ only in their branches.
 """
 
@@ -100,6 +111,10 @@ class ReExecuted(Strategy):
                 index, vals, carrier = self._branches(site.address, fn, value, key)
                 run.branches.append(Branches(site.address, index, vals, carrier))
         msg["value"] = value
+        if not site.score_paths:
+            # The carriers and enum_logq above keep their θ-gradient; only the recorded log q
+            # loses it (the zero-mean term, see the module docstring).
+            msg["fn"] = jax.tree_util.tree_map(sg, fn)
 
     def loop_site(self, site: Site, probe: dict) -> None:
         """Stop the value; a ``POST`` hook applies this run's overrides at the matching step, or else
@@ -131,6 +146,14 @@ class ReExecuted(Strategy):
             return self._branches(site.address, msg["fn"], value, key)
 
         probe.setdefault(POST, []).append(post)
+        if not site.score_paths:
+
+            def stop(msg):
+                # After ``post`` took its branches from the live distribution: the loop records
+                # log q without the zero-mean θ-gradient (see the module docstring).
+                msg["fn"] = jax.tree_util.tree_map(sg, msg["fn"])
+
+            probe[POST].append(stop)
 
     def loop_site_done(self, site: Site, msg: dict) -> None:
         extras = msg.get(LOOP_EXTRAS)

@@ -60,8 +60,11 @@ class Site:
     Attributes:
         address: the site's address inside the objective (``sim0/z``, ``repeat0/sim0/z``).
         execution: the record of the running execution (see ``_execution``).
-        score_paths: False when the objective lets score-function sites drop the zero-mean
-            gradient of ``log q`` in the distribution's parameters (the ELBO does).
+        score_paths: False when the objective lets the site record ``log q`` without its
+            zero-mean gradient in the distribution's parameters at the drawn value: valid where
+            ``log q`` enters the objective linearly (the ELBO). REINFORCE, ENUM and MVD sites
+            honour it; a pathwise (REPARAM) site keeps the term (dropping it there is
+            ``elbo(estimator="stl")``, a separate choice).
     """
 
     address: str
