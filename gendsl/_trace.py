@@ -4,6 +4,11 @@ A ``Trace`` is an ``equinox.Module`` and therefore a JAX pytree: it can be
 returned from ``jit``, stacked by ``vmap`` and passed through ``lax.scan``. Which
 sites are observed is static metadata, so it survives those transformations
 unchanged.
+
+A trace fresh from its ``Recorder`` also carries each sample site's distribution and
+scale (``Trace.site_distribution``), which a closed-form KL needs. They are not leaves
+of the pytree: flattening drops them (see ``SiteDistributions``), so ``jit``, ``vmap``
+and ``tree_map`` see exactly the arrays above.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from numpyro.primitives import Messenger
 
-from gendsl._errors import AddressError, NoKeyError, ObservationError
+from gendsl._errors import AddressError, GendslError, NoKeyError, ObservationError
 
 # An identity that marks one site's log density as one cost term. Estimators that pair score
 # functions with the costs depending on them (gendsl.inference) then count a site's whole log
@@ -31,7 +36,36 @@ ad.deflinear2(site_log_prob_p, lambda ct, x: [ct])
 batching.defvectorized(site_log_prob_p)
 mlir.register_lowering(site_log_prob_p, mlir.lower_fun(lambda x: x, multiple_results=False))
 
-__all__ = ["Trace"]
+__all__ = ["SiteDistributions", "Trace"]
+
+
+@jax.tree_util.register_pytree_node_class
+class SiteDistributions:
+    """Each sample site's ``(distribution, scale)``, carried by a trace but not among its leaves.
+
+    A distribution is a Python object that may hold tracers of the execution that drew it,
+    and whose ``batch_shape`` ``vmap`` would not update; so the table lives only on the trace
+    the ``Recorder`` returned, and flattening (``jit``, ``vmap``, ``tree_map``) leaves an
+    empty one. Read it inside the function that runs the model.
+
+    Attributes:
+        table: address -> ``(fn, scale)``, or None once the trace has been flattened.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: dict | None = None) -> None:
+        self.table = table
+
+    def tree_flatten(self):
+        return (), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls()
+
+    def __repr__(self) -> str:
+        return "SiteDistributions(" + ("flattened" if self.table is None else ", ".join(self.table)) + ")"
 
 
 class Trace(eqx.Module):
@@ -53,6 +87,8 @@ class Trace(eqx.Module):
         observed: addresses of observed sites (static).
         site_plates: for each sample site, the plates it is in and their
             dimensions, as ``((address, ((plate, dim), ...)), ...)`` (static).
+        distributions: each sample site's distribution and scale; not pytree
+            leaves (read them with ``site_distribution``).
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -74,6 +110,7 @@ class Trace(eqx.Module):
     score: jax.Array
     observed: tuple[str, ...] = eqx.field(static=True)
     site_plates: tuple = eqx.field(static=True, default=())
+    distributions: SiteDistributions = eqx.field(default_factory=SiteDistributions)
 
     @property
     def latents(self) -> dict[str, Any]:
@@ -113,6 +150,40 @@ class Trace(eqx.Module):
             raise AddressError(f"no sites to sum over plate '{plate}'")
         return total
 
+    def site_distribution(self, address: str) -> tuple[Any, Any]:
+        """``(fn, scale)`` of the sample site at ``address``: what its value was drawn from or scored by.
+
+        ``fn`` is the distribution as the site saw it, with its plates' batch shape and
+        any ``handlers.mask`` applied (a ``MaskedDistribution``), before a gradient strategy
+        stopped its parameters; ``scale`` is the site's scale (``handlers.scale`` times a
+        subsampled plate's size / subsample size), or None. A site of a ``gendsl.scan`` loop
+        has a ``ScanSite`` stand-in holding the stacked log density.
+
+        Raises:
+            AddressError: no sample site at ``address``.
+            GendslError: the trace has been through ``jit``, ``vmap`` or ``tree_map``, which
+                drop distributions (they are not pytree leaves): read them inside the traced
+                function instead.
+
+        Example:
+            >>> import jax, gendsl, gendsl.distributions as dist
+            >>> @gendsl.model
+            ... def m():
+            ...     with gendsl.plate("data", 3):
+            ...         gendsl.sample("z", dist.Normal(0.0, 1.0))
+            >>> fn, scale = m.simulate(jax.random.key(0)).site_distribution("z")
+            >>> fn.batch_shape, scale
+            ((3,), None)
+        """
+        table = self.distributions.table
+        if table is None:
+            raise GendslError(
+                f"site '{address}': this trace carries no distributions, because it went through jit, vmap or "
+                "tree_map (distributions are not pytree leaves); call site_distribution inside the function "
+                "that runs the model"
+            )
+        return table[_known(address, table)]
+
     def site_score(self, address: str) -> jax.Array:
         """Total log density of the site at ``address`` (of an unbatched trace)."""
         return jnp.sum(self.log_probs[_known(address, self.log_probs)])
@@ -146,11 +217,17 @@ class Recorder(Messenger):
         self.subsamples: dict[str, Any] = {}
         self.site_plates: dict[str, tuple] = {}
         self.param_decls: dict[str, tuple] = {}
+        self.distributions: dict[str, tuple] = {}
+        self._drawn_from: dict[str, tuple] = {}
 
     def process_message(self, msg) -> None:
         if msg["type"] != "sample":
             return
         name = msg["name"]
+        # The distribution as the value is drawn from it: a gradient strategy may later swap
+        # msg["fn"] for a copy with stopped parameters (the log q it records), which a KL
+        # in the guide's parameters must not see.
+        self._drawn_from[name] = (msg["fn"], msg.get("scale"))
         if msg["value"] is None and msg["kwargs"].get("rng_key") is None:
             raise NoKeyError(
                 f"sample site '{name}' needs a random key but none is in scope: use "
@@ -186,6 +263,7 @@ class Recorder(Messenger):
             lp = lp * msg["scale"]
         self.values[name] = value
         self.log_probs[name] = lp
+        self.distributions[name] = self._drawn_from.pop(name, (msg["fn"], msg.get("scale")))
         self.site_plates[name] = tuple((f.name, f.dim) for f in msg.get("cond_indep_stack") or ())
         if msg["is_observed"]:
             self.observed.append(name)
@@ -240,6 +318,7 @@ class Recorder(Messenger):
             subsamples=dict(self.subsamples),
             observed=tuple(self.observed),
             site_plates=tuple(self.site_plates.items()),
+            distributions=SiteDistributions(dict(self.distributions)),
         )
 
 

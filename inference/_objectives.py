@@ -14,8 +14,9 @@ import jax.numpy as jnp
 
 import gendsl
 from gendsl import handlers
+from gendsl.inference import _kl
 from gendsl.inference._expectation import Expectation, expectation
-from gendsl.inference._language import baselines, density, repeat, sim, simulate_in_objective
+from gendsl.inference._language import baselines, density, repeat, scored_trace, sim, simulate_in_objective
 from gendsl.inference._marginal import Marginal, marginal
 from gendsl.inference._strategies import REPARAM
 from gendsl.internal import Recorder, RequireValues
@@ -87,7 +88,7 @@ def _check_plate(name, plate, q):
         raise ValueError(f"{name}: plate= needs the name of a plate (a str) and a plain (not marginal) guide")
 
 
-def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expectation:
+def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score", kl: str = "mc") -> Expectation:
     """The evidence lower bound ``E_q[log p(x, z) - log q(z)]``.
 
     Args:
@@ -107,6 +108,20 @@ def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expect
             branches carry the gradient. So ENUM in a plate of independent
             elements is exact from one sample. Valid because ``log q`` enters
             linearly; other objectives keep the term.
+        kl: ``"mc"`` (the sampled log-ratio ``log p(z) - log q(z)`` at every site) or
+            ``"analytic"``: at every latent site where NumPyro's ``kl_divergence`` has the
+            guide's and the model's distributions in closed form, ``-KL(q ‖ p)`` in place of
+            the sampled log-ratio (Pyro's and NumPyro's ``TraceMeanField_ELBO``, site by site):
+            the same expectation with less variance. Under plates, ``handlers.mask``,
+            ``handlers.scale`` and subsampling it is taken per element and scaled; any site
+            strategy works with it. Sites without a closed form, and elements masked or
+            scaled differently in the two programs, keep the Monte Carlo term (the rules:
+            ``gendsl.inference._kl``). Works with both estimators (with ``"stl"``, the Monte
+            Carlo sites' ``log q`` has stopped parameters, the KLs do not).
+
+    Raises:
+        ValueError: an unknown ``estimator`` or ``kl``, or ``kl="analytic"`` with a
+            ``marginal(...)`` guide (its density is itself an estimate: no closed form).
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -122,10 +137,21 @@ def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expect
         >>> value = jax.jit(lambda key: objective.estimate(key, {"m": 0.5}, 1.0, samples=10_000))(jax.random.key(0))
         >>> round(float(value), 2)  # exact: -1.67 at m = 0.5
         -1.67
+        >>> analytic = elbo(p, q, kl="analytic")  # log p(x | z) - KL(q || p): less variance
+        >>> value = jax.jit(lambda key: analytic.estimate(key, {"m": 0.5}, 1.0, samples=10_000))(jax.random.key(0))
+        >>> round(float(value), 2)
+        -1.67
     """
     if estimator not in ("score", "stl"):
         raise ValueError(f"elbo: estimator must be 'score' or 'stl', got {estimator!r}")
+    if kl not in ("mc", "analytic"):
+        raise ValueError(f"elbo: kl must be 'mc' or 'analytic', got {kl!r}")
     p, q = gendsl.model(model), _program(guide)
+    if kl == "analytic" and isinstance(q, Marginal):
+        raise ValueError(
+            "elbo(kl='analytic'): the guide is a marginal(...), whose density is itself an estimate, so its "
+            "sites have no closed-form KL; use kl='mc' (the default) with a marginal guide"
+        )
     if estimator == "stl":
         q = _all_reparam(q, "elbo(estimator='stl')")
 
@@ -135,6 +161,9 @@ def elbo(model, guide, *, beta: float = 1.0, estimator: str = "score") -> Expect
         else:
             tr = simulate_in_objective(q.bind(params), None, args, kwargs, score_paths=False)
             z, log_q = tr.latents, tr.score
+            if kl == "analytic":
+                q_stopped = q.bind(sg(params)) if estimator == "stl" else None
+                return _analytic_elbo(p.bind(params), q_stopped, tr, beta, args, kwargs)
         if estimator == "stl":
             log_q = density(q.bind(sg(params)))(z, *args, **kwargs)
         if beta == 1.0:
@@ -494,6 +523,18 @@ def _scored_trace(p, choices, args, kwargs) -> gendsl.Trace:
     with rec, RequireValues(), handlers.substitute(data=dict(choices)):
         retval = p.fn(*args, **kwargs)
     return rec.trace(retval)
+
+
+def _analytic_elbo(p, q_stopped, guide_trace, beta, args, kwargs):
+    """``log p(x | z) + β (Σ log p(z) - Σ log q(z))`` with closed-form KLs where valid (``_kl``).
+
+    ``q_stopped`` is the guide with stopped parameters for ``estimator="stl"`` (the Monte Carlo
+    sites' ``log q`` is rescored with it), else None.
+    """
+    model_trace = scored_trace(p, guide_trace.latents, args, kwargs)
+    log_q = None if q_stopped is None else scored_trace(q_stopped, guide_trace.latents, args, kwargs).log_probs
+    log_lik = sum((jnp.sum(model_trace.log_probs[a]) for a in model_trace.observed), jnp.zeros(()))
+    return log_lik + beta * _kl.log_ratio(guide_trace, model_trace, log_q=log_q)
 
 
 def _check_particles(name, particles):
