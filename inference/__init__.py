@@ -33,13 +33,14 @@ from gendsl.inference._params import init_params
 from gendsl.inference._reinforce import REINFORCE, Reinforce
 from gendsl.inference._relaxed import Relaxed
 from gendsl.inference._strategies import REPARAM, EstimatorError, Reparam, Site, Strategy
-from gendsl.inference._svi import SVI, ChunkInfo, NonFiniteError, SVIInfo, SVIRunResult, SVIState
+from gendsl.inference._svi import SVI, ChunkInfo, DivergenceError, NonFiniteError, SVIInfo, SVIRunResult, SVIState
 
 __all__ = [
     "SVI",
     "AutoNormal",
     "BoundEstimates",
     "ChunkInfo",
+    "DivergenceError",
     "NonFiniteError",
     "Relaxed",
     "SVIInfo",
