@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -36,7 +37,7 @@ from gendsl.inference._expectation import Expectation
 from gendsl.inference._params import init_params, strongly_typed, transforms
 from gendsl.internal import as_key
 
-__all__ = ["SVI", "ChunkInfo", "NonFiniteError", "SVIInfo", "SVIRunResult", "SVIState"]
+__all__ = ["SVI", "ChunkInfo", "DivergenceError", "NonFiniteError", "SVIInfo", "SVIRunResult", "SVIState"]
 
 
 
@@ -54,6 +55,14 @@ class NonFiniteError(GendslError, FloatingPointError):
         self.step = step
         self.value = value
         self.result = result
+
+
+class DivergenceError(NonFiniteError):
+    """The objective stayed finite but its magnitude exceeded ``divergence`` times its running scale.
+
+    A subclass of ``NonFiniteError``, with the same attributes: the run stopped before the
+    offending step, and ``result`` holds the last state before it.
+    """
 
 
 class _Bijections:
@@ -204,7 +213,11 @@ class SVI:
         unconstrained = strongly_typed(bijections.unconstrain(init))
         # Find the sites with EMA baselines now, so that the state's structure never changes
         # between steps (a change would retrace the jitted step).
-        shapes = jax.eval_shape(lambda u: self._estimate(bijections, k_run, u, {}, args, kwargs)[2], unconstrained)
+        # The same trace also shows which parameters the objective uses at all.
+        jaxpr, (_, _, shapes) = jax.make_jaxpr(
+            lambda u: self._estimate(bijections, k_run, u, {}, args, kwargs), return_shape=True
+        )(unconstrained)
+        _check_all_used(jaxpr.jaxpr, unconstrained)
         baselines = {a: jnp.zeros(s.shape, s.dtype) for a, s in shapes.items()}
         return SVIState(unconstrained, self.optimizer.init(unconstrained), baselines, k_run,
                         jnp.zeros((), jnp.int32), bijections)
@@ -253,6 +266,7 @@ class SVI:
         state: SVIState | None = None,
         callback: Callable[[ChunkInfo], bool | None] | None = None,
         align: int | None = None,
+        divergence: float | None = 1e6,
         **kwargs,
     ) -> SVIRunResult:
         """Take ``num_steps`` steps, ``chunk_size`` per compiled ``lax.scan``.
@@ -274,11 +288,19 @@ class SVI:
                 the run after that chunk (``result.stopped``).
             align: also end chunks at global steps that are multiples of ``align`` (e.g. a
                 checkpoint interval), so that the callback sees those states.
+            divergence: the divergence guard. A step whose objective estimate exceeds, in
+                magnitude, ``divergence`` times the running scale (the median magnitude of
+                this run's estimates so far, at least 1; the first estimate's for the first
+                chunk) stops the run before that step. An unstable fit can grow to 1e45 and
+                stay finite; estimates of a healthy one do not jump by a factor of a million.
+                None turns the guard off.
 
         Raises:
             NonFiniteError: the objective or gradient became non-finite; the callback has
                 seen the steps before it, and the error's ``result`` holds the last finite
                 state.
+            DivergenceError: the divergence guard stopped the run (a ``NonFiniteError``, with
+                the same attributes).
         """
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"run: num_steps must be a positive int, got {num_steps!r}")
@@ -286,6 +308,8 @@ class SVI:
             raise ValueError(f"run: chunk_size must be a positive int, got {chunk_size!r}")
         if align is not None and (not isinstance(align, int) or align < 1):
             raise ValueError(f"run: align must be a positive int, got {align!r}")
+        if divergence is not None and not (isinstance(divergence, (int, float)) and divergence > 1):
+            raise ValueError(f"run: divergence must be a number > 1 or None, got {divergence!r}")
         key = as_key(key)
         k_init, k_batches = jax.random.split(key)
         data, rest = (args[0], args[1:]) if args else (None, ())
@@ -311,7 +335,9 @@ class SVI:
                 n_valid = min(length, num_steps - done)
                 if align is not None:
                     n_valid = min(n_valid, (at // align + 1) * align - at)
-                new_state, objective, finite = chunk(state, (k_batches, data, rest), n_valid)
+                scale = max(1.0, float(np.median(np.abs(values)))) if values else np.nan
+                limit = np.inf if divergence is None else float(divergence)
+                new_state, objective, finite, guarded = chunk(state, (k_batches, data, rest), n_valid, scale, limit)
                 objective = np.asarray(objective)[:n_valid]
                 finite = np.asarray(finite)[:n_valid]
                 if compiled_at is None:
@@ -322,11 +348,19 @@ class SVI:
                     if callback is not None and good:
                         callback(ChunkInfo(new_state, at + good, objective[:good]))
                     result = self._result(new_state, values, compiled_at, False)
+                    bad = float(objective[good])
+                    if np.isfinite(bad) and abs(bad) > limit * float(guarded):
+                        raise DivergenceError(
+                            f"objective diverged at step {at + good + 1}: |{bad:.3g}| is more than {divergence:g} "
+                            f"times its running scale {float(guarded):.3g}; stopped, keeping the parameters of step "
+                            f"{at + good} (lower the learning rate; run(..., divergence=None) turns this guard off)",
+                            step=at + good + 1, value=bad, result=result,
+                        )
                     raise NonFiniteError(
                         f"objective or gradient is not finite at step {at + good + 1}; stopped, keeping the "
                         f"parameters of step {at + good} (lower the learning rate, or check the model's support "
                         "and initialization)",
-                        step=at + good + 1, value=float(objective[good]), result=result,
+                        step=at + good + 1, value=bad, result=result,
                     )
                 values.extend(objective.tolist())
                 state, done = new_state, done + n_valid
@@ -339,11 +373,11 @@ class SVI:
         return self._result(state, values, compiled_at, stopped)
 
     def _make_chunk(self, batch_size, n_data, length, kwargs):
-        def chunk(state, inputs, n_valid):
+        def chunk(state, inputs, n_valid, scale, limit):
             key, data, rest = inputs
 
             def body(carry, i):
-                s, alive = carry
+                s, alive, scale = carry
                 active = alive & (i < n_valid)
                 if batch_size:
                     # Indexed by the global step, so a run continued from a saved state
@@ -353,12 +387,17 @@ class SVI:
                 else:
                     args = (data, *rest) if data is not None else ()
                 new, info = self.step(s, *args, **kwargs)
-                keep = active & info.finite
+                # The divergence guard: the first chunk's scale is its first estimate's magnitude.
+                first = jnp.maximum(1.0, jnp.abs(info.objective)).astype(scale.dtype)
+                scale = jnp.where(jnp.isnan(scale), first, scale)
+                ok = info.finite & (jnp.abs(info.objective) <= limit * scale)
+                keep = active & ok
                 s = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s)
-                return (s, alive & (info.finite | ~active)), (info.objective, info.finite | ~active)
+                return (s, alive & (ok | ~active), scale), (info.objective, ok | ~active)
 
-            (state, _), (objective, finite) = jax.lax.scan(body, (state, jnp.array(True)), jnp.arange(length))
-            return state, objective, finite
+            init = (state, jnp.array(True), jnp.asarray(scale, jnp.float32))
+            (state, _, scale), (objective, finite) = jax.lax.scan(body, init, jnp.arange(length))
+            return state, objective, finite, scale
 
         return chunk
 
@@ -370,6 +409,34 @@ class SVI:
             if elapsed > 0 and remaining > 0:
                 rate = remaining / elapsed
         return SVIRunResult(state, self.get_params(state), np.asarray(values), rate, stopped)
+
+
+def _check_all_used(jaxpr, params: dict) -> None:
+    """Raise when some parameters never reach the objective: their gradient is zero by construction.
+
+    Backward liveness over the jaxpr of one estimate (value, gradients, baselines): an equation
+    is live when one of its outputs is, and then all of its inputs are (sub-jaxprs count as one
+    equation, so this errs towards "used"). A parameter read only under ``stop_gradient`` is
+    used (deliberately frozen, as in ``p_wake``); one whose leaves are all dead is not, which
+    is what a model left unbound inside an objective (``sim(guide)`` for
+    ``sim(guide.bind(params))``) looks like.
+    """
+    live = {v for v in jaxpr.outvars if isinstance(v, jax.extend.core.Var)}
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in live for v in eqn.outvars) or eqn.effects:
+            live.update(v for v in eqn.invars if isinstance(v, jax.extend.core.Var))
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    used: dict[str, bool] = {}
+    for (path, _), var in zip(leaves, jaxpr.invars, strict=True):
+        name = str(getattr(path[0], "key", path[0]))
+        used[name] = used.get(name, False) or var in live
+    unused = sorted(name for name, u in used.items() if not u)
+    if unused:
+        raise GendslError(
+            f"SVI: the objective never uses the parameters {unused}, so their gradient is zero and training "
+            "would not change them; inside the objective, run each model with the parameters it receives: "
+            "sim(guide.bind(params)), density(model.bind(params))"
+        )
 
 
 def _take(data, idx):

@@ -347,3 +347,65 @@ def test_auto_normal_recovers_a_conjugate_posterior():
     n = X.shape[0]
     assert float(draws["mu"].mean()) == pytest.approx(float(X.sum()) / (n + 0.25), abs=0.1)
     assert sorted(result.params) == ["auto_loc.mu", "auto_loc.scale", "auto_scale.mu", "auto_scale.scale"]
+
+
+def test_an_objective_that_never_uses_its_parameters_is_refused_at_init():
+    """``sim(guide)`` instead of ``sim(guide.bind(params))``: the gradient is zero by construction."""
+    from gendsl.inference import density, expectation, p_wake, sim
+
+    guide = normal_guide()
+
+    def unbound(params, x):
+        z, log_q = sim(guide)(x)
+        return density(normal_model)(z, x) - log_q
+
+    with pytest.raises(gendsl.GendslError, match=r"never uses the parameters \['loc', 'scale'\]"):
+        SVI(expectation(unbound, models=(normal_model, guide)), optax.adam(0.1)).init(jax.random.key(0), X)
+
+    @gendsl.model
+    def model_with_param(x):
+        mu = gendsl.sample("mu", dist.Normal(gendsl.param("prior_loc", 0.0), 2.0))
+        with gendsl.plate("n", x.shape[0]):
+            gendsl.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def half_bound(params, x):
+        z, log_q = sim(guide)(x)
+        return density(model_with_param.bind(params))(z, x) - log_q
+
+    with pytest.raises(gendsl.GendslError, match=r"never uses the parameters \['loc', 'scale'\],"):
+        SVI(expectation(half_bound, models=(model_with_param, guide)), optax.adam(0.1)).init(jax.random.key(0), X)
+    # Parameters that are read but frozen (stop_gradient), as the guide's in the wake-phase
+    # model update, are used: no error.
+    SVI(p_wake(model_with_param, guide, 2), optax.adam(0.1)).init(jax.random.key(0), X)
+
+
+def _diverging_stl_fit(divergence):
+    """SGD on a stiff posterior: each step multiplies the guide's location by -2 (objective x4)."""
+
+    @gendsl.model
+    def stiff(x):
+        gendsl.sample("mu", dist.Normal(0.0, 1e-3))
+
+    @gendsl.model
+    def guide(x):
+        gendsl.sample("mu", dist.Normal(gendsl.param("loc", 1e-3), 1e-3))
+
+    svi = SVI(elbo(stiff, guide, estimator="stl"), optax.sgd(3e-6))
+    return svi.run(jax.random.key(0), 200, X, chunk_size=50, progress=False, divergence=divergence)
+
+
+def test_the_divergence_guard_stops_a_finite_blow_up_before_it():
+    with pytest.raises(gendsl.inference.DivergenceError, match=r"objective diverged at step \d+: .* more than 1e\+06 "
+                       r"times its running scale") as err:
+        _diverging_stl_fit(1e6)
+    result = err.value.result
+    first = abs(result.objective[0])
+    # Every kept estimate is within the guard, and the kept state is the one before the step.
+    assert np.all(np.abs(result.objective) <= 1e6 * max(1.0, first))
+    assert int(result.state.step) == err.value.step - 1 == len(result.objective)
+    assert abs(err.value.value) > 1e6 * max(1.0, first)
+    # Without the guard the same fit runs on until the objective overflows.
+    with pytest.raises(NonFiniteError, match="not finite") as unguarded:
+        _diverging_stl_fit(None)
+    assert not isinstance(unguarded.value, gendsl.inference.DivergenceError)
+    assert unguarded.value.step > err.value.step
