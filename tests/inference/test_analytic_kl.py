@@ -217,7 +217,7 @@ X_MIX = 1.3
 MIX_PARAMS = {"t": -0.3, "m": 0.4, "a": 0.8, "s": 0.7, "alpha": 3.0, "rate": 2.0}
 
 
-def mixed_pair(k_strategy):
+def mixed_pair(k_strategy, z_strategy=REPARAM):
     @gendsl.model
     def p(x):
         k = gendsl.sample("k", dist.Bernoulli(0.3))
@@ -229,7 +229,7 @@ def mixed_pair(k_strategy):
     def q(x):
         k = gendsl.sample("k", dist.Bernoulli(logits=gendsl.param("t", 0.0)), strategy=k_strategy)
         m, a, s = gendsl.param("m", 0.0), gendsl.param("a", 0.0), gendsl.param("s", 1.0)
-        gendsl.sample("z", dist.Normal(m + a * k, s))
+        gendsl.sample("z", dist.Normal(m + a * k, s), strategy=z_strategy)
         gendsl.sample("w", dist.Gamma(gendsl.param("alpha", 1.0), gendsl.param("rate", 1.0)))
 
     return p, q
@@ -254,9 +254,9 @@ def mixed_elbo(par):
     return total
 
 
-def mixed_draws(k_strategy, n, key=0, *, kl="analytic"):
+def mixed_draws(k_strategy, n, key=0, *, kl="analytic", z_strategy=REPARAM):
     """``n`` gradients of the ELBO of the mixed model with ``kl``."""
-    p, q = mixed_pair(k_strategy)
+    p, q = mixed_pair(k_strategy, z_strategy)
     objective = elbo(p, q, kl=kl)
     return draw_estimates(lambda k: objective.grad(k, MIX_PARAMS, X_MIX), jax.random.key(key), n)
 
@@ -268,10 +268,18 @@ def test_mixed_model_sites():
     assert "KL(Bernoulli" in terms["k"]
 
 
-@pytest.mark.parametrize("k_strategy", [REINFORCE, ENUM], ids=["reinforce", "enum"])
-def test_mixed_model_gradient_is_unbiased(k_strategy):
-    """z's KL depends on the discrete k: k's score (REINFORCE) or its enumeration (ENUM) must pair with it."""
-    assert_unbiased(mixed_draws(k_strategy, 1000), jax.grad(mixed_elbo)(MIX_PARAMS), name=f"{k_strategy!r}")
+@pytest.mark.parametrize(
+    ("k_strategy", "z_strategy"),
+    [(REINFORCE, REPARAM), (ENUM, REPARAM), (MVD, REPARAM), (REINFORCE, REINFORCE)],
+    ids=["k-reinforce", "k-enum", "k-mvd", "k-and-z-reinforce"],
+)
+def test_mixed_model_gradient_is_unbiased(k_strategy, z_strategy):
+    """z's KL depends on the discrete k: k's score, enumeration or MVD branches must pair with it.
+
+    With REINFORCE at z too, z's own score pairs with the likelihood only (its KL is constant in z).
+    """
+    draws = mixed_draws(k_strategy, 1000, z_strategy=z_strategy)
+    assert_unbiased(draws, jax.grad(mixed_elbo)(MIX_PARAMS), name=f"k {k_strategy!r}, z {z_strategy!r}")
 
 
 @pytest.mark.slow
