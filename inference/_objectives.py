@@ -19,7 +19,6 @@ from gendsl.inference._expectation import Expectation, expectation
 from gendsl.inference._language import baselines, density, repeat, scored_trace, sim, simulate_in_objective
 from gendsl.inference._marginal import Marginal, marginal
 from gendsl.inference._strategies import REPARAM
-from gendsl.internal import Recorder, RequireValues
 
 __all__ = [
     "common_plate",
@@ -74,7 +73,7 @@ def _density(m, z, plate, args, kwargs):
     """``log m(z, data)``, per element of ``plate`` when given."""
     if plate is None:
         return density(m)(z, *args, **kwargs)
-    return _scored_trace(m, z, args, kwargs).plate_log_density(plate)
+    return scored_trace(m, z, args, kwargs).plate_log_density(plate)
 
 
 def _log_weight(p, q, params, args, kwargs, plate=None, guide_params=None):
@@ -517,14 +516,6 @@ def sleep(model, guide, observed: str) -> Expectation:
     return expectation(objective, models=_models(p, q))
 
 
-def _scored_trace(p, choices, args, kwargs) -> gendsl.Trace:
-    """The model's trace at the given latents (every latent must be given)."""
-    rec = Recorder()
-    with rec, RequireValues(), handlers.substitute(data=dict(choices)):
-        retval = p.fn(*args, **kwargs)
-    return rec.trace(retval)
-
-
 def _analytic_elbo(p, q_stopped, guide_trace, beta, args, kwargs):
     """``log p(x | z) + β (Σ log p(z) - Σ log q(z))`` with closed-form KLs where valid (``_kl``).
 
@@ -550,7 +541,7 @@ def _all_reparam(q, what):
 
 def _split_density(p, z, args, kwargs):
     """``(log p(observed | z), log p(z))`` from one assessment of the model."""
-    trace, _ = p.generate(jax.random.key(0), z, *args, **kwargs)
+    trace = scored_trace(p, z, args, kwargs)
     log_lik = sum((jnp.sum(trace.log_probs[a]) for a in trace.observed), jnp.zeros(()))
     return log_lik, trace.score - log_lik
 

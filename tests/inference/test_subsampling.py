@@ -100,16 +100,18 @@ def test_multi_particle_bounds_with_subsampling_equal_the_log_evidence_in_expect
     """
     log_evidence = jnp.sum(dist.Normal(0.0, 2**0.5).log_prob(X))
     values = draw_estimates(lambda k: objective.estimate(k, {}, X), jax.random.key(3), 2000)
-    mean, se = assert_unbiased(values, log_evidence, name="subsampled bound")
+    _, se = assert_unbiased(values, log_evidence, name="subsampled bound")
     assert se > 0  # the subsample is random, so the estimate is
 
 
 @gendsl.model
 def nested_model(y):
     mu = gendsl.sample("mu", dist.Normal(0.0, 1.0))
-    with gendsl.plate("rows", 6, subsample_size=2, dim=-2) as rows:
-        with gendsl.plate("cols", 5, subsample_size=3, dim=-1) as cols:
-            gendsl.sample("y", dist.Normal(mu, 1.0), obs=y[rows][:, cols])
+    with (
+        gendsl.plate("rows", 6, subsample_size=2, dim=-2) as rows,
+        gendsl.plate("cols", 5, subsample_size=3, dim=-1) as cols,
+    ):
+        gendsl.sample("y", dist.Normal(mu, 1.0), obs=y[rows][:, cols])
 
 
 @gendsl.model
