@@ -8,7 +8,14 @@ live in ``gendsl.inference.diffusion``.
 """
 
 from gendsl.inference._arviz import to_inference_data
-from gendsl.inference._autoguide import AutoNormal
+from gendsl.inference._autoguide import (
+    AutoDelta,
+    AutoGuide,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+from gendsl.inference._autoguide_flows import AutoBNAFNormal, AutoFlow, AutoIAFNormal
 from gendsl.inference._enum import ENUM, Enum
 from gendsl.inference._evaluate import BoundEstimates, evaluate_bounds
 from gendsl.inference._expectation import Expectation, expectation
@@ -37,6 +44,13 @@ from gendsl.inference._svi import SVI, ChunkInfo, DivergenceError, NonFiniteErro
 
 __all__ = [
     "SVI",
+    "AutoBNAFNormal",
+    "AutoDelta",
+    "AutoFlow",
+    "AutoGuide",
+    "AutoIAFNormal",
+    "AutoLowRankMultivariateNormal",
+    "AutoMultivariateNormal",
     "AutoNormal",
     "BoundEstimates",
     "ChunkInfo",

@@ -83,3 +83,10 @@ def test_fit_md_reading_a_run_folder(tmp_path):
     finally:
         os.chdir(cwd)
     assert "mu" in ns["idata"].posterior
+
+
+def test_autoguides_md_example():
+    (block,) = blocks("autoguides.md")
+    ns = run(block, "autoguides.md")
+    # The exact posterior correlation of (a, b) given a + b + noise(0.3) with N(0, 1) priors.
+    assert abs(float(ns["corr"]) - (-1 / 1.09)) < 0.02
