@@ -23,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpyro.handlers as nh
+from numpyro.distributions import ImproperUniform, biject_to
 from numpyro.primitives import Messenger
 
 from gendsl._address import as_key
@@ -51,6 +52,21 @@ class RequireValues(Messenger):
                     f"assess: plate '{msg['name']}' draws {subsample_size} of {size} indices; pass them "
                     f"as choices['{msg['name']}'] (a simulated trace holds them in trace.subsamples)"
                 )
+
+
+class _ImproperAtZero(Messenger):
+    """Gives a site with an improper prior (``ImproperUniform``: no sampler) the point 0 in unconstrained space.
+
+    Only ``Model.init`` uses it: collecting the parameters runs the model, and a flat prior can
+    be scored but not drawn. Any value in the support serves, since no parameter depends on it.
+    """
+
+    def process_message(self, msg) -> None:
+        if msg["type"] == "sample" and msg["value"] is None and isinstance(msg["fn"], ImproperUniform):
+            fn = msg["fn"]
+            transform = biject_to(fn.support)
+            shape = tuple(msg["kwargs"].get("sample_shape", ())) + tuple(fn.batch_shape) + tuple(fn.event_shape)
+            msg["value"] = transform(jnp.zeros(transform.inverse_shape(shape)))
 
 
 def missing_choice(address: str) -> MissingChoiceError:
@@ -186,7 +202,7 @@ class Model:
 
             def run(key, args, kwargs):
                 rec = Recorder()
-                with rec, seed(key=key):
+                with rec, seed(key=key), _ImproperAtZero():
                     self.fn(*args, **kwargs)
                 self._init_constraints = rec.param_constraints  # static: set while tracing
                 return rec.params

@@ -214,6 +214,15 @@ def module(name: str, init: eqx.Module | Callable[[jax.Array], eqx.Module]) -> e
     if callable(init) and not isinstance(init, eqx.Module):
         shape = eqx.filter_eval_shape(init, jax.random.key(0))
         static = eqx.partition(shape, _is_param_leaf)[1]
+        frozen = [x for x in jax.tree_util.tree_leaves(static) if isinstance(x, jax.ShapeDtypeStruct)]
+        if frozen:
+            # Only the floating-point arrays become the parameter; the rest must be known without a
+            # key, and an integer array made by the initializer (a permutation, a mask) is not.
+            raise TypeError(
+                f"module '{name}': the initializer makes non-floating arrays ({frozen[0].dtype}"
+                f"{list(frozen[0].shape)}) that gendsl.module cannot rebuild from a key; pass the built module, "
+                f"gendsl.module('{name}', init(key))"
+            )
 
         def init_params(key):
             return eqx.partition(init(key), _is_param_leaf)[0]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from numpyro.distributions import ImproperUniform
 from numpyro.primitives import Messenger
 
 from gendsl._errors import AddressError, GendslError, NoKeyError, ObservationError
@@ -233,6 +234,11 @@ class Recorder(Messenger):
                 f"sample site '{name}' needs a random key but none is in scope: use "
                 "model.simulate(key, ...) / model.generate(key, ...), or wrap it in "
                 "gendsl.handlers.seed(fn, key=...)"
+            )
+        if msg["value"] is None and isinstance(msg["fn"], ImproperUniform):
+            raise GendslError(
+                f"sample site '{name}' has an improper prior (ImproperUniform): it can be scored but not drawn; "
+                "give it a value (model.assess, or generate's constraints) or a proper prior"
             )
         if msg["is_observed"] and msg["value"] is not None:
             _check_observation(name, msg["value"], msg["fn"], in_plate=bool(msg.get("cond_indep_stack")))

@@ -1,7 +1,9 @@
 """Checks the library makes so that bad programs fail loudly (issue 13, part 5)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import gendsl
@@ -72,3 +74,44 @@ def test_a_param_and_a_sample_may_not_share_a_name():
         param_first.simulate(jax.random.key(0))
     with pytest.raises(gendsl.AddressError, match=r"'z' is both a sample \(or deterministic\) site and a param"):
         sample_first.simulate(jax.random.key(0))
+
+
+def test_init_runs_a_model_with_an_improper_prior_and_simulate_refuses_to_draw_it():
+    @gendsl.model
+    def flat(x):
+        s = gendsl.sample("s", dist.ImproperUniform(dist.constraints.positive, (), ()))
+        w = gendsl.param("w", jnp.ones(2))
+        gendsl.sample("x", dist.Normal(w.sum(), s), obs=x)
+
+    assert set(flat.init(jax.random.key(0), 1.0)) == {"w"}
+    with pytest.raises(gendsl.GendslError, match="site 's' has an improper prior"):
+        flat.simulate(jax.random.key(0), 1.0)
+    expected = dist.Normal(2.0, 2.0).log_prob(1.0)  # the flat prior contributes 0
+    np.testing.assert_allclose(flat.assess({"s": 2.0}, 1.0), expected, rtol=1e-6)
+
+
+def test_module_with_integer_arrays_from_a_key_is_refused_and_a_built_one_keeps_them():
+    class Permuted(eqx.Module):
+        w: jax.Array
+        perm: jax.Array
+
+    def make(key):
+        return Permuted(jax.random.normal(key, (3,)), jnp.array([2, 0, 1]))
+
+    @gendsl.model
+    def from_key():
+        net = gendsl.module("net", make)
+        return net.w[net.perm]
+
+    with pytest.raises(TypeError, match=r"module 'net': the initializer makes non-floating arrays \(int32\[3\]\)"):
+        from_key.init(jax.random.key(0))
+
+    built = make(jax.random.key(1))
+
+    @gendsl.model
+    def from_module():
+        net = gendsl.module("net", built)
+        return net.w[net.perm]
+
+    params = from_module.init(jax.random.key(0))
+    np.testing.assert_array_equal(from_module.bind(params).simulate(jax.random.key(0)).retval, built.w[built.perm])
