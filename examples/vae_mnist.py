@@ -75,7 +75,10 @@ def _find(folder: str, stem: str) -> str | None:
 
 def data(path):
     """``(train, test)`` binary images of shape (n, 784) from the MNIST folder ``path``."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data {path}: no such folder; give the folder that holds t10k-images-idx3-ubyte.gz "
+                                "(MNIST's test images, IDX format)")
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
     test_file = _find(folder, "t10k-images-idx3-ubyte")
     if test_file is None:
         raise FileNotFoundError(f"{folder} has no t10k-images-idx3-ubyte.gz (the MNIST test images, IDX format)")

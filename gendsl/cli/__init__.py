@@ -16,6 +16,8 @@ core package does not import it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import traceback
 
@@ -34,8 +36,9 @@ optionally:
 See docs/fit.md."""
 
 EXIT_HELP = """\
-exit codes: 0 done; 1 training stopped (non-finite objective); 2 bad command line, program, data or run
-folder (one line; --debug shows the traceback); 130/143 stopped by SIGINT/SIGTERM after a checkpoint."""
+exit codes: 0 done; 1 training stopped (non-finite or diverging objective); 2 bad command line, program, data or run
+folder (one line; --debug shows the traceback), a run folder in use by another fit, or --resume --steps below
+the steps done; 130/143 stopped by SIGINT/SIGTERM after a checkpoint. See "What can go wrong" in docs/fit.md."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("program", help="the program file (.py)")
     _options.add_options(fit)
     fit.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint, with its configuration; with the "
-                          "same --steps the result is bit-for-bit that of an uninterrupted run")
+                     help="continue the run in --out from its last checkpoint, with its configuration; --steps is the "
+                          "total to reach (fewer than the steps already done is an error); the result is bit-for-bit "
+                          "that of an uninterrupted run of that many steps")
     fit.add_argument("--overwrite", action="store_true", help="replace a run that already exists in --out")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
     _common(fit)
@@ -192,6 +196,23 @@ def _command_eval(args):
     return evaluate(args)
 
 
+def _quiet_xla() -> None:
+    """Hide XLA's C++ warnings (``Constant folding an instruction is taking > 1s``), which read like errors.
+
+    JAX sets ``TF_CPP_MIN_LOG_LEVEL=1`` (warnings shown) when it is imported, which the
+    ``gendsl`` entry point does before ``main`` runs; so the level is raised here, in the
+    environment (for XLA code that reads it later, and child processes) and through JAX's
+    own ``jax_logging_level`` option (for the C++ logger already set up). A level the user
+    lowered on purpose (``0``) stays; ``--debug`` keeps everything.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1") in ("", "1"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        import jax
+
+        with contextlib.suppress(Exception):  # an older JAX without the option: the variable is all we can do
+            jax.config.update("jax_logging_level", "ERROR")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``gendsl`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
@@ -204,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # parse_known_args: leftover arguments belong to the command, whose --help lists its options
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command is not None:
+            raise CLIError(f"unrecognized arguments: {' '.join(unknown)} (see `gendsl {args.command} --help`)")
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except CLIError as exc:
         print(f"gendsl: error: {exc}", file=sys.stderr)
         return 2
@@ -215,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.argv = argv
     prog = f"gendsl {args.command}"
+    if not args.debug:
+        _quiet_xla()
     try:
         return args.func(args)
     except CLIError as exc:

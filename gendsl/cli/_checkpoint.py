@@ -104,8 +104,9 @@ def save_tree(path: str, tree, meta: dict) -> None:
 
 
 def _damaged(path: str, what: str, exc: BaseException) -> CLIError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # OSError repeats the path
     return CLIError(
-        f"{path}: the {what} is damaged or not a gendsl file ({type(exc).__name__}: {exc}); "
+        f"{path}: damaged, or not a gendsl {what} file ({type(exc).__name__}: {reason}); "
         "delete it and train again (a run's checkpoint.npz is replaced atomically, so the damage came from outside)",
         cause=exc,
     )
@@ -118,19 +119,19 @@ def read_meta(path: str, what: str) -> dict:
         CLIError: missing, damaged, or written by another gendsl version.
     """
     if not os.path.exists(path):
-        raise CLIError(f"{path}: no {what} here")
+        raise CLIError(f"{path}: no such file (the run's {what} file); train the run first")
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["__meta__"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise _damaged(path, what, exc) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CLIError(f"{path}: the {what} has an unknown format ({meta.get('format')!r}); "
-                       f"this gendsl reads format {FORMAT}")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CLIError(f"{path}: a {what} file of unknown format ({found!r}); this gendsl reads format {FORMAT}")
     version = meta.get("gendsl_version")
     if version != gendsl.__version__:
         raise CLIError(
-            f"{path}: the {what} was written by gendsl {version}, this is gendsl {gendsl.__version__}; "
+            f"{path}: this {what} file was written by gendsl {version}, this is gendsl {gendsl.__version__}; "
             "results are tied to the version that wrote them: train again with this version "
             "(or use gendsl " + str(version) + ")"
         )
@@ -152,7 +153,7 @@ def load_tree(path: str, like, what: str) -> tuple[Any, dict]:
         missing = sorted(set(names) - set(stored))[:3]
         extra = sorted(set(stored) - set(names))[:3]
         raise CLIError(
-            f"{path}: the {what} does not match this program's parameters (missing {missing}, unexpected "
+            f"{path}: this {what} file does not match this program's parameters (missing {missing}, unexpected "
             f"{extra}); was it written for another program, or did the model or the options change?"
         )
     values = {}
@@ -163,7 +164,7 @@ def load_tree(path: str, like, what: str) -> tuple[Any, dict]:
                 want = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
                 if data.shape != want.shape or data.dtype != want.dtype:
                     raise CLIError(
-                        f"{path}: in the {what}, {name} has shape {data.shape} and dtype {data.dtype}, but this "
+                        f"{path}: in this {what} file, {name} has shape {data.shape} and dtype {data.dtype}, but this "
                         f"program's has {want.shape} {want.dtype}; did the model or the options change?"
                     )
                 if info["key"]:

@@ -11,8 +11,20 @@ after each chunk: metrics rows, the held-out ELBO, checkpoints, the progress bar
 A checkpoint (``checkpoint.npz``: the whole SVI state, and ``params.npz``: the constrained
 parameters) is written atomically every ``--checkpoint-every`` steps, at the end, and when
 SIGINT or SIGTERM arrives (training stops at the end of the current chunk). A non-finite
-objective or gradient stops training, reports the step and leaves the last checkpoint (all
-finite) in place.
+objective or gradient, or an estimate past the library's divergence guard
+(``gendsl.inference.DivergenceError``), stops training, reports the step and the cause and leaves
+the last checkpoint (all finite) in place.
+
+The run folder is locked (``RunFolder.lock``) from just before the first write to the end, so
+two fits never interleave their records; everything that can be checked without writing (the
+program, the options, one traced step, ``--resume --steps`` against the steps done) is
+checked before the lock is taken. ``--steps`` is the total to reach: a resume with fewer steps
+than the checkpoint holds is refused, never a rewrite of the record.
+
+Slow divergence, which the library's guard does not see (an objective that worsens steadily by
+orders of magnitude), is checked at each checkpoint against the run's start (``_worsened``): a
+warning in the output and ``summary.txt``, or, with ``--stop-on-divergence``, the end of
+training with the previous checkpoint kept (exit code 1).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import platform
 import signal
 import sys
 import time
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -31,17 +44,21 @@ import numpy as np
 
 import gendsl
 from gendsl.cli import _options, _outputs
+from gendsl.cli._checkpoint import read_meta
 from gendsl.cli._errors import CLIError, TrainingStopped
 from gendsl.cli._program import load_program, take
 from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._setup import Setup, device_context, prepare, shapes
-from gendsl.inference import NonFiniteError, elbo
+from gendsl.inference import DivergenceError, NonFiniteError, elbo
 
 __all__ = ["fit", "versions", "RESUMABLE"]
 
 # Options a resumed run may change; any other must equal the run's (the result would differ otherwise).
-RESUMABLE = ("steps", "checkpoint_every", "device", "out", "posterior_draws", "posterior_points", "data")
-
+RESUMABLE = ("steps", "checkpoint_every", "device", "out", "posterior_draws", "posterior_points", "data",
+             "stop_on_divergence")
+# An objective (to maximize) that falls below its start by more than this many times its starting magnitude
+# (at least 1) has diverged: two orders of magnitude, far beyond the noise of a healthy run.
+WORSENING = 100.0
 
 
 def versions() -> dict:
@@ -72,7 +89,7 @@ def _say(quiet: bool, text: str) -> None:
 
 
 def _resolve(args, program) -> tuple[dict, dict | None]:
-    """The options, and the saved config when resuming."""
+    """The options, and the saved config when resuming (its options re-checked like any other source)."""
     given = {o.name: getattr(args, o.name, None) for o in _options.FIT_OPTIONS}
     if not args.resume:
         return _options.merge(given, program.defaults, program.path), None
@@ -82,7 +99,8 @@ def _resolve(args, program) -> tuple[dict, dict | None]:
     if not folder.has(RunFolder.CONFIG):
         raise CLIError(f"--resume: {out} holds no run (no config.json); run without --resume to start one")
     config = folder.read_config("start a new run")
-    saved = config["options"]
+    saved = _options.from_config(config["options"], folder.file(RunFolder.CONFIG), "fix it, or start a new run")
+    config["options"] = saved
     options = dict(saved)
     for name, value in given.items():
         if value is None or name == "out":
@@ -92,13 +110,21 @@ def _resolve(args, program) -> tuple[dict, dict | None]:
             options[name] = checked
         elif checked != saved.get(name) and not (name == "objective" and saved.get(name) in (None, "program")):
             raise CLIError(
-                f"--resume: --{name.replace('_', '-')} {value} differs from the run's "
-                f"{saved.get(name)!r}; a resumed run keeps its configuration (start a new --out to change it)"
+                f"--resume: --{name.replace('_', '-')} {_options.show(checked)} differs from the run's "
+                f"{_options.show(saved.get(name))}; a resumed run keeps its configuration (start a new --out to "
+                "change it)"
             )
     options["out"] = out
     if options.get("schedule") != "constant" and options["steps"] != saved["steps"]:
         raise CLIError(f"--resume: the {options['schedule']} schedule depends on --steps ({saved['steps']}); "
                        "keep it, or start a new run")
+    if folder.has(RunFolder.CHECKPOINT):
+        done = int(read_meta(folder.file(RunFolder.CHECKPOINT), "checkpoint").get("step", 0))
+        if options["steps"] < done:
+            raise CLIError(
+                f"--resume --steps {options['steps']}: the run in {out} has already done {done} steps and --steps "
+                f"is the total to reach, not steps to add; pass --steps {done} or more"
+            )
     return options, config
 
 
@@ -165,32 +191,72 @@ def fit(args) -> int:
     quiet = args.quiet
     program = load_program(args.program)
     options, saved = _resolve(args, program)
+    folder = RunFolder(options["out"])
+    folder.check_unlocked()  # a busy folder fails now, not after tracing the program
     with device_context(options["device"]):
         k_train, k_eval, k_post = jax.random.split(jax.random.key(options["seed"]), 3)
         # SVI.run(k_train, ...) draws minibatches from split(k_train)[1]; the state starts from split(k_train)[0].
         setup = prepare(program, options, init_key=jax.random.split(k_train)[0])
-        folder = RunFolder(options["out"])
         _check_out(folder, args.resume, args.overwrite)
-        return _train(args, setup, folder, saved, (k_train, k_eval, k_post), quiet)
+        folder.create()
+        with folder.lock():
+            if saved is not None:
+                _same_run(folder, saved)
+            _check_out(folder, args.resume, args.overwrite)  # again, now that no other fit can write here
+            folder.clean_leftovers()
+            return _train(args, setup, folder, saved, (k_train, k_eval, k_post), quiet)
+
+
+def _same_run(folder: RunFolder, saved: dict) -> None:
+    """The run to resume is still the one whose configuration was read before the lock was taken."""
+    now = folder.read_config("start a new run")
+    if now.get("run_id") != saved.get("run_id") or now.get("started") != saved.get("started"):
+        raise CLIError(f"--resume: the run in {folder.path} was replaced while this one started; run the command "
+                       "again")
+
+
+def _worsened(start: float | None, value: float | None) -> bool:
+    """Whether ``value`` of an objective to maximize is worse than ``start`` by orders of magnitude."""
+    if start is None or value is None or not np.isfinite(start) or not np.isfinite(value):
+        return False
+    return start - value > WORSENING * max(1.0, abs(start))
 
 
 class _Progress:
     """The callback of ``SVI.run``: after each chunk, metrics rows, held-out ELBO, checkpoints, bar, signals."""
 
     def __init__(self, setup: Setup, folder: RunFolder, metrics, rows, held_out, bar, signals, start: int,
-                 wall: float, meta: dict) -> None:
+                 wall: float, meta: dict, quiet: bool) -> None:
         self.setup, self.folder, self.metrics, self.rows = setup, folder, metrics, rows
-        self.held_out, self.bar, self.signals, self.meta = held_out, bar, signals, meta
+        self.held_out, self.bar, self.signals, self.meta, self.quiet = held_out, bar, signals, meta, quiet
         self.step, self.saved_at, self.wall = start, start, wall
         self.t0 = time.perf_counter()
         self.last = {"objective": None, "held_out": next((r["held_out_elbo"] for r in reversed(rows)
                                                           if r.get("held_out_elbo") is not None), None)}
+        self.warning: str | None = None  # the first divergence warning
+        self.diverged_at: int | None = None  # the step where --stop-on-divergence stopped training
 
     def checkpoint(self, state, step: int) -> None:
         self.folder.save_tree(RunFolder.CHECKPOINT, state, {**self.meta, "step": step, "wall_s": self.wall})
         self.folder.save_tree(RunFolder.PARAMS, self.setup.svi.get_params(state),
                               {**self.meta, "kind": "params", "step": step})
         self.saved_at = step
+
+    def _start(self, column: str) -> tuple[int, float] | None:
+        """The run's first value of a metrics column: the held-out ELBO at step 0, the objective at step 1."""
+        return next(((r["step"], r[column]) for r in self.rows if r.get(column) is not None), None)
+
+    def _divergence(self, step: int, objective: float) -> str | None:
+        """A warning line when the held-out ELBO or the training objective has worsened by orders of magnitude."""
+        per = " per data point" if self.setup.options["batch_size"] else ""
+        column = "objective_per_point" if per else "objective"
+        for what, start, now in (("held-out ELBO", self._start("held_out_elbo"), self.last["held_out"]),
+                                 (f"training objective{per}", self._start(column), objective)):
+            if start is not None and _worsened(start[1], now):
+                return (f"warning: training diverges: the {what} fell from {start[1]:.4g} at step {start[0]} to "
+                        f"{now:.4g} at step {step}, more than {WORSENING:g} times its starting magnitude; lower --lr "
+                        f"(now {self.setup.options['lr']:g}) or pass --clip, in a new --out")
+        return None
 
     def __call__(self, info) -> bool:
         now = time.perf_counter()
@@ -211,6 +277,15 @@ class _Progress:
             new_rows[-1]["held_out_elbo"] = self.last["held_out"] = self.held_out(self.setup.svi.get_params(info.state))
         self.metrics.append(new_rows)  # before the checkpoint: a resume drops rows past it
         self.rows.extend(new_rows)
+        if at_checkpoint:
+            warning = self._divergence(info.step, self.last["objective"])
+            if warning is not None and self.warning is None:
+                self.warning = warning
+                if not self.quiet:
+                    self.bar.write(warning, file=sys.stderr)
+            if warning is not None and o["stop_on_divergence"]:
+                self.diverged_at = info.step
+                return True  # no checkpoint here: the last one, before the divergence, is kept
         if at_checkpoint or self.signals.received is not None:
             self.checkpoint(info.state, info.step)
         self.bar.update(len(info.objective))
@@ -255,6 +330,8 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
             "test_shapes": shapes(setup.data.test) if setup.data.test is not None else None,
             "device": str(jax.devices()[0]) if options["device"] == "auto" else options["device"],
         },
+        # Ties params.npz and checkpoint.npz to this config (eval/sample check it); kept across resumes.
+        "run_id": saved.get("run_id") if saved is not None and saved.get("run_id") else uuid.uuid4().hex,
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "resumed_from_step": start_step if saved is not None else None,
         "status": "running",
@@ -263,10 +340,11 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
     metrics = _outputs.Metrics(folder)
     rows = metrics.start(start_step if saved is not None else None)
     held_out = _held_out(setup, k_eval)
-    meta = {"kind": "checkpoint", "program_sha256": program.sha256}
+    meta = {"kind": "checkpoint", "program_sha256": program.sha256, "run_id": config["run_id"]}
     bar = _bar(steps, start_step, quiet)
     with _Signals() as signals:
-        progress = _Progress(setup, folder, metrics, rows, held_out, bar, signals, start_step, wall_before, meta)
+        progress = _Progress(setup, folder, metrics, rows, held_out, bar, signals, start_step, wall_before, meta,
+                             quiet)
         _say(quiet, _banner(setup, start_step))
         if start_step == 0:
             row = {"step": 0, "wall_s": 0.0}
@@ -284,12 +362,18 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
                 state = result.state
         except NonFiniteError as exc:
             bar.close()
-            status = f"stopped: non-finite objective or gradient at step {exc.step}"
+            value = _options.show(float(exc.value))
+            if isinstance(exc, DivergenceError):
+                cause = (f"the objective diverged at step {exc.step} (estimate {value}, past the divergence guard: "
+                         "more than 10^6 times its running scale)")
+                status = f"stopped: diverged at step {exc.step}"
+            else:
+                cause = f"the objective or its gradient is not finite at step {exc.step} (objective {value})"
+                status = f"stopped: non-finite objective or gradient at step {exc.step}"
             _finish_partial(setup, folder, rows, config, status)
             raise TrainingStopped(
-                f"objective or gradient is not finite at step {exc.step} (objective {exc.value!r}); stopped. The last "
-                f"checkpoint, at step {progress.saved_at}, is kept in {out}; try a lower --lr "
-                f"(now {options['lr']:g}) or --clip, with a new --out",
+                f"{cause}; stopped. The last checkpoint, at step {progress.saved_at}, is kept in {out}; try a lower "
+                f"--lr (now {options['lr']:g}) or --clip, with a new --out",
                 code=1,
             ) from None
         except KeyboardInterrupt:
@@ -297,6 +381,15 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
             _finish_partial(setup, folder, rows, config, f"interrupted at step {progress.step}")
             raise TrainingStopped(f"interrupted at step {progress.step}; the last checkpoint (step "
                                   f"{progress.saved_at}) is in {out}; continue with --resume", code=130) from None
+        if progress.diverged_at is not None:
+            bar.close()
+            _finish_partial(setup, folder, rows, config, f"stopped: diverged at step {progress.diverged_at}",
+                            warning=progress.warning)
+            raise TrainingStopped(
+                f"{progress.warning.removeprefix('warning: ')}; stopped (--stop-on-divergence). The last checkpoint, "
+                f"at step {progress.saved_at}, is kept in {out}",
+                code=1,
+            )
         if signals.received is not None and progress.step < steps:
             bar.close()
             name = signal.Signals(signals.received).name
@@ -310,7 +403,7 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
     params = svi.get_params(state)
     wall = progress.wall
     _write_outputs(setup, folder, params, rows, config, k_post, wall, (progress.step - start_step, wall - wall_before),
-                   quiet)
+                   quiet, progress.warning)
     return 0
 
 
@@ -350,8 +443,8 @@ def _banner(setup: Setup, start: int) -> str:
     )
 
 
-def _finish_partial(setup: Setup, folder: RunFolder, rows, config, status: str) -> None:
-    folder.write_json(RunFolder.CONFIG, dict(config, status=status))
+def _finish_partial(setup: Setup, folder: RunFolder, rows, config, status: str, warning: str | None = None) -> None:
+    folder.write_json(RunFolder.CONFIG, dict(config, status=status, **({"warning": warning} if warning else {})))
     with contextlib.suppress(Exception):  # a plot must never hide the real error
         _outputs.plot_loss(rows, folder, _title(setup))
 
@@ -361,7 +454,7 @@ def _title(setup: Setup) -> str:
 
 
 def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, wall: float, session: tuple,
-                   quiet: bool) -> None:
+                   quiet: bool, warning: str | None) -> None:
     out, o = setup.options["out"], setup.options
     _outputs.plot_loss(rows, folder, _title(setup))
     _say(quiet, "writing posterior.nc and summary.txt ...")
@@ -385,14 +478,19 @@ def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, w
     if held:
         header.append(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.3f} at step {held[0]['step']}, "
                       f"{held[-1]['held_out_elbo']:.3f} at step {held[-1]['step']}")
+    if warning:
+        header.append(warning)
     header += ["", f"Posterior summary of the guide's draws ({idata.posterior.sizes['draw']} draws; a variational "
                "approximation, so no r_hat / ESS):"]
     _outputs.write_summary(folder, header, table, notes + more)
     speed = session[0] / max(session[1], 1e-9)
-    folder.write_json(RunFolder.CONFIG, dict(config, status="completed", wall_s=round(wall, 3)))
+    extra = {"warning": warning} if warning else {}
+    folder.write_json(RunFolder.CONFIG, dict(config, status="completed", wall_s=round(wall, 3), **extra))
     print(f"trained {o['steps']} steps in {wall:.1f} s ({speed:.0f} steps/s, compilation included)")
     if held:
         print(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.2f} nats at step {held[0]['step']} -> "
               f"{held[-1]['held_out_elbo']:.2f} nats at step {held[-1]['step']}")
     print(f"final training objective{per}: {final:.2f}")
+    if warning:
+        print(warning)
     print(f"wrote {out}/: {', '.join(RunFolder.FIT_OUTPUTS)}, {RunFolder.CHECKPOINT}")

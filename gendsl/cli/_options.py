@@ -2,13 +2,16 @@
 
 Precedence: an option given on the command line, then the program's
 ``defaults = {...}``, then the built-in default below. Every value, whichever
-its source, passes through the same check, so a bad value in ``defaults`` is
-reported exactly like a bad command-line value.
+its source (the command line, ``defaults``, or a run's ``config.json`` read back
+by ``--resume``, ``eval`` and ``sample``), passes through the same ``check``:
+a bad value is one line naming where it came from and the option, exit code 2.
+Values in messages are shown as the user wrote them (``nan``, not ``np.float32(nan)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -17,18 +20,29 @@ from typing import Any
 
 from gendsl.cli._errors import CLIError
 
-__all__ = ["Option", "FIT_OPTIONS", "OPTIMIZERS", "merge", "add_options"]
+__all__ = ["Option", "FIT_OPTIONS", "OPTIMIZERS", "merge", "add_options", "check", "check_all", "show"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop", "adagrad", "adabelief")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "gpu")
 
 
+def show(value) -> str:
+    """``value`` as a message shows it: strings quoted, NumPy scalars as plain numbers."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        with contextlib.suppress(Exception):
+            value = value.item()  # np.float32(nan) -> nan
+    if isinstance(value, float):
+        return format(value, "g")
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def positive_int(value) -> int:
     """An int >= 1 (from an int or a string)."""
     number = _int(value)
     if number < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
+        raise ValueError(f"expected a positive integer, got {show(value)}")
     return number
 
 
@@ -36,13 +50,13 @@ def natural_int(value) -> int:
     """An int >= 0."""
     number = _int(value)
     if number < 0:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
+        raise ValueError(f"expected a non-negative integer, got {show(value)}")
     return number
 
 
 def _int(value) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise ValueError(f"expected an integer, got {show(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -50,31 +64,31 @@ def _int(value) -> int:
     try:
         return int(str(value).replace("_", ""))
     except ValueError:
-        raise ValueError(f"expected an integer, got {value!r}") from None
+        raise ValueError(f"expected an integer, got {show(value)}") from None
 
 
 def positive_float(value) -> float:
     """A finite float > 0."""
     number = _float(value)
     if not number > 0 or not math.isfinite(number):
-        raise ValueError(f"expected a positive finite number, got {value!r}")
+        raise ValueError(f"expected a positive finite number, got {show(value)}")
     return number
 
 
 def _float(value) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
+        raise ValueError(f"expected a number, got {show(value)}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {value!r}") from None
+        raise ValueError(f"expected a number, got {show(value)}") from None
 
 
 def real(value) -> float:
     """A finite float."""
     number = _float(value)
     if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
+        raise ValueError(f"expected a finite number, got {show(value)}")
     return number
 
 
@@ -96,16 +110,27 @@ def one_of(*names: str) -> Callable:
     def run(value):
         text = str(value).lower()
         if text not in names:
-            raise ValueError(f"expected one of {', '.join(names)}; got {value!r}")
+            raise ValueError(f"expected one of {', '.join(names)}; got {show(value)}")
         return text
 
     return run
 
 
+def boolean(value) -> bool:
+    """True or False (also from ``"true"``/``"false"``, ``"yes"``/``"no"``, ``1``/``0``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"expected true or false, got {show(value)}")
+
+
 def text(value) -> str:
     """A non-empty string."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"expected a non-empty string, got {show(value)}")
     return value
 
 
@@ -115,7 +140,7 @@ def strategy_list(value) -> list[str]:
         return [value]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ValueError(f"expected a strategy rule such as 'enum' or 'z=reinforce', or a list of them; got {value!r}")
+    raise ValueError(f"expected a strategy rule such as 'enum' or 'z=reinforce', or a list of them; got {show(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +152,7 @@ class Option:
     default: Any
     help: str
     metavar: str | None = None
+    flag: bool = False  # a switch on the command line (``--stop-on-divergence``), a boolean elsewhere
 
 
 FIT_OPTIONS = (
@@ -142,8 +168,9 @@ FIT_OPTIONS = (
            "reparameterized, PATTERN=NAME to the sites matching the fnmatch pattern; NAME is reparam, enum, mvd, "
            "reinforce (EMA baseline), reinforce:loo, reinforce:none or reinforce:<constant>; append :notrack to "
            "pair REINFORCE scores with the whole objective (no dependency tracking)", "RULE"),
-    Option("steps", positive_int, 1000, "total optimization steps (with --resume: the total to reach) "
-           "(default 1000)", "N"),
+    Option("steps", positive_int, 1000,
+           "total optimization steps; with --resume, the total to reach, not steps to add (fewer than the run has "
+           "done is an error) (default 1000)", "N"),
     Option("batch_size", optional(positive_int), None,
            "minibatch size: each step sees B random data points of the training data (default: all of it)", "B"),
     Option("lr", positive_float, 1e-3, "learning rate (default 1e-3)", "LR"),
@@ -170,6 +197,10 @@ FIT_OPTIONS = (
     Option("model", optional(text), None, "name of the model in the program (default: `model`)", "NAME"),
     Option("guide", optional(text), None,
            "name of the guide in the program, or 'auto' for a mean-field normal guide (default: `guide`)", "NAME"),
+    Option("stop_on_divergence", boolean, False,
+           "stop training (exit code 1, keeping the last good checkpoint) at the first checkpoint where the held-out "
+           "ELBO or the training objective has worsened by more than 100 times its starting magnitude; without it, "
+           "that is a warning in the output and summary.txt", flag=True),
     Option("device", one_of(*DEVICES), "auto", "run on cpu or gpu (default: JAX's default device)", "cpu|gpu"),
     Option("out", optional(text), None, "output directory (default: runs/<program name>)", "DIR"),
 )
@@ -183,6 +214,8 @@ def add_options(parser: argparse.ArgumentParser, options=FIT_OPTIONS) -> None:
         flag = "--" + option.name.replace("_", "-")
         if option.name == "strategy":
             parser.add_argument(flag, action="append", default=None, help=option.help, metavar=option.metavar)
+        elif option.flag:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=option.help)
         else:
             parser.add_argument(flag, default=None, help=option.help, metavar=option.metavar)
 
@@ -195,30 +228,63 @@ def check(name: str, value: Any, where: str) -> Any:
         raise CLIError(f"{where}: {exc}") from None
 
 
+def check_all(values: Mapping[str, Any], where: Callable[[str], str], *, remedy: str = "") -> dict[str, Any]:
+    """Every option of ``values`` checked: the one path for ``defaults`` and ``config.json``.
+
+    Args:
+        values: ``{option: value}``; keys may use ``-`` or ``_``.
+        where: the place of an option in messages, e.g. ``lambda n: f"prog.py: defaults[{n!r}]"``.
+        remedy: appended to the messages (what to do instead).
+
+    Raises:
+        CLIError: an unknown option, or a value that fails its check.
+    """
+    if not isinstance(values, Mapping):
+        raise CLIError(f"{where('')}: expected a dict of option values, got {type(values).__name__}{remedy}")
+    out = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in BY_NAME:
+            known = ", ".join(sorted(BY_NAME))
+            raise CLIError(f"{where(str(key))}: unknown option; the options are {known}{remedy}")
+        try:
+            out[name] = BY_NAME[name].check(value)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"{where(str(key))}: {exc}{remedy}") from None
+    return out
+
+
 def merge(given: Mapping[str, Any], defaults: Mapping[str, Any], program_path: str) -> dict[str, Any]:
     """The resolved options: given (command line) over the program's ``defaults`` over the built-in defaults.
 
     Raises:
         CLIError: an unknown key in ``defaults``, or a value that fails its check.
     """
-    normalized = {}
-    for key, value in defaults.items():
-        name = str(key).replace("-", "_")
-        if name not in BY_NAME:
-            known = ", ".join(sorted(BY_NAME))
-            raise CLIError(f"{program_path}: defaults: unknown option {key!r}; the options are {known}")
-        normalized[name] = value
+    from_program = check_all(defaults, lambda n: f"{program_path}: defaults[{n!r}]" if n else f"{program_path}: "
+                             "defaults")
     resolved = {}
     for option in FIT_OPTIONS:
         if given.get(option.name) is not None:
             flag = "--" + option.name.replace("_", "-")
             resolved[option.name] = check(option.name, given[option.name], f"argument {flag}")
-        elif option.name in normalized:
-            where = f"{program_path}: defaults[{option.name!r}]"
-            resolved[option.name] = check(option.name, normalized[option.name], where)
+        elif option.name in from_program:
+            resolved[option.name] = from_program[option.name]
         else:
             resolved[option.name] = option.default
     if resolved["out"] is None:
         stem = os.path.splitext(os.path.basename(program_path))[0]
         resolved["out"] = os.path.join("runs", stem)
     return resolved
+
+
+def from_config(saved: Any, config_path: str, remedy: str) -> dict[str, Any]:
+    """A run's options read back from its ``config.json``, checked like any other source.
+
+    Options the file lacks (written before they existed) take their built-in default.
+
+    Raises:
+        CLIError: an unknown option or a bad value, naming the file and the option.
+    """
+    where = lambda n: f"{config_path}: options[{n!r}]" if n else f"{config_path}: options"  # noqa: E731
+    checked = check_all(saved, where, remedy=f" ({remedy})")
+    return {o.name: checked.get(o.name, o.default) for o in FIT_OPTIONS}

@@ -102,6 +102,12 @@ class Data:
     test: Any | None
 
 
+def _options_show(value) -> str:
+    from gendsl.cli._options import show
+
+    return "" if value is None else show(value)
+
+
 def load_program(path: str) -> Program:
     """Execute the program file at ``path`` as a module (its ``__main__`` block does not run).
 
@@ -121,6 +127,8 @@ def load_program(path: str) -> Program:
         raise CLIError(f"{path}: cannot read the program: {exc}", cause=exc) from exc
     try:
         code = compile(source, path, "exec")
+    except ValueError as exc:  # null bytes, on Pythons that do not call them a SyntaxError
+        raise CLIError(f"{path}: not a Python program ({exc})", cause=exc) from exc
     except SyntaxError as exc:
         where = f"{path}:{exc.lineno}" if exc.lineno else path
         raise CLIError(f"{where}: SyntaxError: {exc.msg}", cause=exc) from exc
@@ -134,6 +142,10 @@ def load_program(path: str) -> Program:
     sys.modules[name] = module
     try:
         exec(code, module.__dict__)
+    except SystemExit as exc:  # sys.exit() in the program's top level (outside `if __name__ == "__main__":`)
+        sys.modules.pop(name, None)
+        raise CLIError(f"{path}: the program called sys.exit({_options_show(exc.code)}) while being imported; "
+                       "put that call under `if __name__ == \"__main__\":`", cause=exc) from exc
     except Exception as exc:
         sys.modules.pop(name, None)
         raise describe(exc, path, "while importing the program") from exc
@@ -213,6 +225,9 @@ def _as_arrays(program: Program, tree, what: str):
             raise CLIError(f"{program.path}: data(): {label} is not an array ({type(leaf).__name__})") from exc
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise CLIError(f"{program.path}: data(): {label} has dtype {arr.dtype}; return numeric arrays")
+        if arr.ndim and arr.shape[0] == 0:  # with or without a plate, an empty data set fits only the prior
+            raise CLIError(f"{program.path}: data(): {label} has no data points (shape {arr.shape}); return at "
+                           "least one")
         if np.issubdtype(arr.dtype, np.inexact):
             bad = ~np.isfinite(arr)
             if bad.any():

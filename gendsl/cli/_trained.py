@@ -1,4 +1,12 @@
-"""Opening a trained (or checkpointed) run folder for ``gendsl sample`` and ``gendsl eval``."""
+"""Opening a trained (or checkpointed) run folder for ``gendsl sample`` and ``gendsl eval``.
+
+They take no lock, so they may read a folder that a ``gendsl fit`` is writing. Both files
+they read are replaced atomically; ``params.npz`` carries the ``run_id`` of the ``config.json``
+it belongs to, so a ``config.json`` and a ``params.npz`` of two different runs (a
+``--overwrite`` between the two reads) are noticed and read again. What they see is a
+consistent snapshot: the run's configuration and its parameters at its latest checkpoint
+(reported as the step), with a note when a fit is still running there.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,10 @@ import sys
 
 import jax
 
+from gendsl.cli import _options
 from gendsl.cli._errors import CLIError
 from gendsl.cli._program import load_program
-from gendsl.cli._runfolder import RunFolder
+from gendsl.cli._runfolder import RunFolder, RunLocked
 from gendsl.cli._setup import Setup, prepare
 
 __all__ = ["TrainedRun", "open_trained"]
@@ -39,14 +48,25 @@ def open_trained(program_path: str, path: str, data_path: str | None) -> Trained
         raise CLIError(f"--run {path}: no such directory")
     if not folder.has(RunFolder.CONFIG):
         raise CLIError(f"--run {path}: no config.json; give a folder written by `gendsl fit`")
-    config = folder.read_config("train it again with this version")
-    options = config["options"]
     program = load_program(program_path)
-    if config.get("program_sha256") != program.sha256:
-        print(f"warning: {program_path} differs from the program this run was trained with", file=sys.stderr)
-    if data_path is not None:
-        options["data"] = data_path
-    setup = prepare(program, options)
-    template = setup.param_template(jax.random.key(0))
-    params, meta = folder.load_tree(RunFolder.PARAMS, template, "parameters")
+    for attempt in range(3):
+        config = folder.read_config("train it again with this version")
+        options = _options.from_config(config["options"], folder.file(RunFolder.CONFIG), "fix it, or train again")
+        if attempt == 0 and config.get("program_sha256") != program.sha256:
+            print(f"warning: {program_path} differs from the program this run was trained with", file=sys.stderr)
+        if data_path is not None:
+            options["data"] = data_path
+        setup = prepare(program, options)
+        template = setup.param_template(jax.random.key(0))
+        params, meta = folder.load_tree(RunFolder.PARAMS, template, "parameters")
+        if meta.get("run_id") == config.get("run_id"):
+            break
+    else:
+        raise CLIError(f"--run {path}: config.json and params.npz belong to different runs (a `gendsl fit` is "
+                       "replacing the run); wait for it to finish")
+    try:
+        folder.check_unlocked()
+    except RunLocked:
+        print(f"note: a `gendsl fit` is still running in {path}; using its parameters at step {meta.get('step')}",
+              file=sys.stderr)
     return TrainedRun(folder, setup, params, config, meta)

@@ -27,3 +27,14 @@ def guide(x):
 def listing(folder):
     """Files under ``folder`` (empty if it does not exist)."""
     return sorted(os.listdir(folder)) if os.path.exists(folder) else []
+
+
+def assert_one_line(result, *fragments, code=2):
+    """``result`` exited with ``code`` and one line on stderr holding every fragment (no traceback)."""
+    assert result.code == code, result.err
+    lines = result.error_lines
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.err
+    return lines[0]
