@@ -358,8 +358,7 @@ class SVI:
                         )
                     raise NonFiniteError(
                         f"objective or gradient is not finite at step {at + good + 1}; stopped, keeping the "
-                        f"parameters of step {at + good} (lower the learning rate, or check the model's support "
-                        "and initialization)",
+                        f"parameters of step {at + good} ({_non_finite_hint(args, kwargs)})",
                         step=at + good + 1, value=bad, result=result,
                     )
                 values.extend(objective.tolist())
@@ -437,6 +436,24 @@ def _check_all_used(jaxpr, params: dict) -> None:
             "would not change them; inside the objective, run each model with the parameters it receives: "
             "sim(guide.bind(params)), density(model.bind(params))"
         )
+
+
+def _non_finite_hint(args, kwargs) -> str:
+    """The likely cause of a non-finite objective, from a host-side look at the (concrete) data.
+
+    Under ``jit`` the model's own check of observed values cannot see them, so ``run`` looks
+    here, once, when the objective has already become non-finite.
+    """
+    bad = total = 0
+    for leaf in jax.tree_util.tree_leaves((args, kwargs)):
+        arr = np.asarray(leaf) if isinstance(leaf, (np.ndarray, jax.Array, float)) else None
+        if arr is not None and np.issubdtype(arr.dtype, np.inexact):
+            bad += int(arr.size - np.isfinite(arr).sum())
+            total += arr.size
+    if bad:
+        return (f"the data holds {bad} NaN or infinite values of {total}: clean it, or mask the missing entries "
+                "with gendsl.handlers.mask")
+    return "lower the learning rate, or check the model's support and initialization"
 
 
 def _take(data, idx):

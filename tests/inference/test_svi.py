@@ -409,3 +409,17 @@ def test_the_divergence_guard_stops_a_finite_blow_up_before_it():
         _diverging_stl_fit(None)
     assert not isinstance(unguarded.value, gendsl.inference.DivergenceError)
     assert unguarded.value.step > err.value.step
+
+
+def test_nan_data_is_named_at_init_or_when_the_objective_stops():
+    """The model checks observed values it can see: ``init`` traces with the data as constants.
+
+    Minibatches are traced values inside the compiled steps, so a NaN outside the first
+    minibatch (the one ``init`` sees) surfaces as a non-finite objective; ``run`` then looks at
+    the concrete data on the host and names it.
+    """
+    svi = SVI(elbo(normal_model, normal_guide()), optax.adam(0.01))
+    with pytest.raises(gendsl.ObservationError, match="observed site 'x': 1 of 8 values are NaN"):
+        svi.run(jax.random.key(0), 10, X.at[0].set(jnp.nan), progress=False)
+    with pytest.raises(NonFiniteError, match=r"not finite at step \d+; .*the data holds 1 NaN or infinite values of 8"):
+        svi.run(jax.random.key(0), 200, X.at[7].set(jnp.nan), batch_size=2, progress=False)
