@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 from numpyro.distributions import constraints
 
@@ -52,6 +53,8 @@ class AutoFlow(AutoGuide):
             whose ``sample_and_log_prob`` is cheap (build flowjax flows with
             ``invert=False``).
         init_scale: the initial ``s`` of ``u = loc + s ⊙ f(ε)``, in unconstrained space.
+        structure_seed: the seed of the flow's non-trainable structure (its permutations),
+            fixed for every execution of the guide (see ``_build``).
         prefix: the parameter names' prefix: ``<prefix>_loc``, ``<prefix>_scale`` and the
             flow module ``<prefix>_flow``.
 
@@ -72,12 +75,14 @@ class AutoFlow(AutoGuide):
         (2,)
     """
 
-    def __init__(self, model, *, flow: Callable, init_scale: float = 0.1, prefix: str = "auto") -> None:
+    def __init__(self, model, *, flow: Callable, init_scale: float = 0.1, structure_seed: int = 0,
+                 prefix: str = "auto") -> None:
         if not callable(flow):
             raise TypeError(f"{type(self).__name__}: flow must be a callable (key, dim) -> flow, got {flow!r}")
         _flowjax()
         self.flow = flow
         self.init_scale = _positive(type(self).__name__, "init_scale", init_scale)
+        self.structure_seed = int(structure_seed)
         super().__init__(model, prefix=prefix)
 
     def _guide(self, *args, **kwargs) -> None:
@@ -86,10 +91,7 @@ class AutoFlow(AutoGuide):
         loc = gendsl.param(f"{self.prefix}_loc", jnp.zeros(dim))
         scale = gendsl.param(f"{self.prefix}_scale", jnp.full(dim, self.init_scale),
                              constraint=constraints.softplus_positive)
-        # A built flow rather than a ``key -> flow`` initializer: ``gendsl.module`` rebuilds a
-        # lazily initialized module from its float leaves only, and flowjax flows also hold
-        # integer arrays (permutations, masks). XLA drops the unused float initial values.
-        flow = gendsl.module(f"{self.prefix}_flow", self.flow(gendsl.prng_key(f"{self.prefix}_flow_init"), dim))
+        flow = gendsl.module(f"{self.prefix}_flow", self._build(dim))
         x, log_q = flow.sample_and_log_prob(gendsl.prng_key(f"{self.prefix}_flow"))
         u = loc + scale * x
         log_q = log_q - jnp.sum(jnp.log(scale))
@@ -103,6 +105,27 @@ class AutoFlow(AutoGuide):
             start += site.size
 
 
+    def _build(self, dim: int):
+        """The flow: its structure from ``structure_seed``, its initial weights from the guide's key.
+
+        A flowjax flow holds non-trainable integer arrays (the permutations between layers,
+        the autoregressive masks) drawn from the key it is built with. Those are not
+        parameters, so they must be the same at every execution of the guide: built from a key
+        of the guide's seed handler (different at every ``simulate``), each draw and each SVI
+        step would see the trained weights under a fresh random permutation, and the flow
+        could learn no dependence between latents (it fitted no better than ``AutoNormal``).
+        They come from ``jax.random.key(structure_seed)``; the floating-point leaves (the
+        initial weights, used only where the parameter is not given, e.g. in ``init``) from the
+        guide's key. ``gendsl.module`` takes a built flow rather than a ``key -> flow``
+        initializer because it rebuilds a lazily initialized module from its float leaves only.
+        """
+        import equinox as eqx
+
+        structure = self.flow(jax.random.key(self.structure_seed), dim)
+        weights = self.flow(gendsl.prng_key(f"{self.prefix}_flow_init"), dim)
+        return eqx.combine(eqx.filter(weights, eqx.is_inexact_array), eqx.filter(structure, eqx.is_inexact_array, inverse=True))
+
+
 class AutoIAFNormal(AutoFlow):
     """An inverse-autoregressive-flow guide (Kingma et al. 2016): flowjax's masked
     autoregressive flow in its sampling direction, with affine transformers.
@@ -111,8 +134,7 @@ class AutoIAFNormal(AutoFlow):
         model: the model.
         flow_layers: the number of autoregressive layers (with permutations between them).
         nn_width: the width of each layer's masked network.
-        init_scale: see ``AutoFlow``.
-        prefix: see ``AutoFlow``.
+        init_scale, structure_seed, prefix: see ``AutoFlow``.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -127,7 +149,7 @@ class AutoIAFNormal(AutoFlow):
     """
 
     def __init__(self, model, *, flow_layers: int = 3, nn_width: int = 32, init_scale: float = 0.1,
-                 prefix: str = "auto") -> None:
+                 structure_seed: int = 0, prefix: str = "auto") -> None:
         flowjax = _flowjax()
 
         def flow(key, dim):
@@ -135,7 +157,7 @@ class AutoIAFNormal(AutoFlow):
                 key, base_dist=flowjax.distributions.Normal(jnp.zeros(dim)), flow_layers=flow_layers,
                 nn_width=nn_width, invert=False)
 
-        super().__init__(model, flow=flow, init_scale=init_scale, prefix=prefix)
+        super().__init__(model, flow=flow, init_scale=init_scale, structure_seed=structure_seed, prefix=prefix)
 
 
 class AutoBNAFNormal(AutoFlow):
@@ -147,8 +169,7 @@ class AutoBNAFNormal(AutoFlow):
         flow_layers: the number of BNAF layers.
         nn_depth: the depth of each block network.
         nn_block_dim: the block size of each hidden layer (width ``dim · nn_block_dim``).
-        init_scale: see ``AutoFlow``.
-        prefix: see ``AutoFlow``.
+        init_scale, structure_seed, prefix: see ``AutoFlow``.
 
     Example:
         >>> import jax, gendsl, gendsl.distributions as dist
@@ -162,7 +183,7 @@ class AutoBNAFNormal(AutoFlow):
     """
 
     def __init__(self, model, *, flow_layers: int = 1, nn_depth: int = 1, nn_block_dim: int = 8,
-                 init_scale: float = 0.1, prefix: str = "auto") -> None:
+                 init_scale: float = 0.1, structure_seed: int = 0, prefix: str = "auto") -> None:
         flowjax = _flowjax()
 
         def flow(key, dim):
@@ -170,5 +191,5 @@ class AutoBNAFNormal(AutoFlow):
                 key, base_dist=flowjax.distributions.Normal(jnp.zeros(dim)), flow_layers=flow_layers,
                 nn_depth=nn_depth, nn_block_dim=nn_block_dim, invert=False)
 
-        super().__init__(model, flow=flow, init_scale=init_scale, prefix=prefix)
+        super().__init__(model, flow=flow, init_scale=init_scale, structure_seed=structure_seed, prefix=prefix)
 
