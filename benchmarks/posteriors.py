@@ -22,6 +22,7 @@ eight schools, ``f`` in gp_pois_regr), computed in float64.
 
     python benchmarks/posteriors.py                         # everything; writes benchmarks/posteriors_result.md
     python benchmarks/posteriors.py --only eight_schools --methods iaf fullrank
+    python benchmarks/posteriors.py --only eight_schools --methods meanfield fullrank iaf --seed 1 --json /tmp/s1.json
 """
 
 from __future__ import annotations

@@ -123,7 +123,8 @@ class AutoFlow(AutoGuide):
 
         structure = self.flow(jax.random.key(self.structure_seed), dim)
         weights = self.flow(gendsl.prng_key(f"{self.prefix}_flow_init"), dim)
-        return eqx.combine(eqx.filter(weights, eqx.is_inexact_array), eqx.filter(structure, eqx.is_inexact_array, inverse=True))
+        return eqx.combine(eqx.filter(weights, eqx.is_inexact_array),
+                           eqx.filter(structure, eqx.is_inexact_array, inverse=True))
 
 
 class AutoIAFNormal(AutoFlow):

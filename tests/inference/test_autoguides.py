@@ -359,7 +359,8 @@ def test_flow_structure_is_the_same_at_every_execution():
     params = guide.init(jax.random.key(0))
     leaves, tree = jax.tree.flatten(params["auto_flow"])
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    params["auto_flow"] = jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    moved = [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    params["auto_flow"] = jax.tree.unflatten(tree, moved)
     fixed = eqx.combine(params["auto_flow"], eqx.partition(guide.flow(jax.random.key(3), 3), eqx.is_inexact_array)[1])
     simulate = jax.jit(guide.bind(params).repeat(4).simulate)
     for key in range(3):
