@@ -290,7 +290,7 @@ class AutoMultivariateNormal(_JointNormal):
         ...     gendsl.sample("b", dist.Normal(a, 0.5))   # corr(a, b) = 0.89
         >>> guide = AutoMultivariateNormal(model)
         >>> result = SVI(elbo(model, guide), optax.adam(0.02)).run(jax.random.key(0), 3000, progress=False)
-        >>> draws = guide.bind(result.params).repeat(20_000).simulate(jax.random.key(1)).choices
+        >>> draws = jax.jit(guide.bind(result.params).repeat(20_000).simulate)(jax.random.key(1)).choices
         >>> round(float(jnp.corrcoef(draws["a"], draws["b"])[0, 1]), 1)
         0.9
     """
@@ -328,8 +328,8 @@ class AutoLowRankMultivariateNormal(_JointNormal):
         ...     a = gendsl.sample("a", dist.Normal(0.0, 1.0))
         ...     gendsl.sample("b", dist.Normal(a, 0.5))
         >>> guide = AutoLowRankMultivariateNormal(model, rank=1)
-        >>> result = SVI(elbo(model, guide), optax.adam(0.02)).run(jax.random.key(0), 3000, progress=False)
-        >>> draws = guide.bind(result.params).repeat(20_000).simulate(jax.random.key(1)).choices
+        >>> result = SVI(elbo(model, guide), optax.adam(0.05)).run(jax.random.key(0), 1000, progress=False)
+        >>> draws = jax.jit(guide.bind(result.params).repeat(20_000).simulate)(jax.random.key(1)).choices
         >>> round(float(jnp.corrcoef(draws["a"], draws["b"])[0, 1]), 1)
         0.9
     """

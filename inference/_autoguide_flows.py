@@ -144,7 +144,7 @@ class AutoIAFNormal(AutoFlow):
         ... def model():
         ...     gendsl.sample("s", dist.HalfCauchy(1.0).expand([3]).to_event(1))
         >>> guide = AutoIAFNormal(model, flow_layers=2, nn_width=8)
-        >>> tr = guide.bind(guide.init(jax.random.key(0))).simulate(jax.random.key(1))
+        >>> tr = jax.jit(guide.bind(guide.init(jax.random.key(0))).simulate)(jax.random.key(1))
         >>> tr.choices["s"].shape, bool((tr.choices["s"] > 0).all())
         ((3,), True)
     """
@@ -179,7 +179,7 @@ class AutoBNAFNormal(AutoFlow):
         ... def model():
         ...     gendsl.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
         >>> guide = AutoBNAFNormal(model, nn_block_dim=4)
-        >>> guide.bind(guide.init(jax.random.key(0))).simulate(jax.random.key(1)).choices["z"].shape
+        >>> jax.jit(guide.bind(guide.init(jax.random.key(0))).simulate)(jax.random.key(1)).choices["z"].shape
         (2,)
     """
 
