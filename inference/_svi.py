@@ -15,6 +15,17 @@ bijection, carried as static data in the state); the objective always sees const
   (so a run resumed from a saved state continues bit for bit), calls a callback after each
   chunk (checkpoints, metrics, signals), and stops at the first non-finite objective or
   gradient, keeping the last finite state.
+* ``run(..., ema=decay)`` keeps an exponential moving average of the parameters in the state
+  (``SVIState.ema``). It averages the *unconstrained* parameters, the coordinates the optimizer
+  moves additively, so the average of a constrained parameter always stays in its support and
+  has the same structure as ``SVIState.params`` (a checkpoint stores it like them). Without
+  ``ema`` the field is None and adds no leaves: the state's arrays are those of earlier versions.
+* ``run(..., validate=fn, validate_every=k, patience=m)`` is validation-based early stopping:
+  chunks end at multiples of ``k``, ``fn(params)`` is computed there on the host, the best
+  state is kept, and ``m`` evaluations without improvement stop the run at the best state.
+* Parameters are a dict of named parameters (``gendsl.param``) or any pytree, e.g. an
+  ``equinox.Module`` that is its own parameters (``VDM``, ``EDM``): its inexact arrays are
+  optimized and the rest is held static (``eqx.partition``).
 """
 
 from __future__ import annotations
@@ -66,15 +77,24 @@ class DivergenceError(NonFiniteError):
 
 
 class _Bijections:
-    """The parameters' bijections, static in the state (compared by identity: they do not hash)."""
+    """The parameters' bijections, static in the state (compared by identity: they do not hash).
 
-    def __init__(self, table: dict) -> None:
+    For parameters that are not a dict (an ``equinox.Module``), ``static`` holds their
+    non-array part and the optimized part is the module's inexact arrays.
+    """
+
+    def __init__(self, table: dict, static: Any = None) -> None:
         self.table = table
+        self.static = static
 
-    def constrain(self, params: dict) -> dict:
+    def constrain(self, params):
+        if self.static is not None:
+            return eqx.combine(params, self.static)
         return {k: (self.table[k](v) if k in self.table else v) for k, v in params.items()}
 
-    def unconstrain(self, params: dict) -> dict:
+    def unconstrain(self, params):
+        if self.static is not None:
+            return eqx.filter(params, eqx.is_inexact_array)
         return {k: (self.table[k].inv(v) if k in self.table else v) for k, v in params.items()}
 
 
@@ -88,14 +108,17 @@ class SVIState(eqx.Module):
         key: the key of the next step's estimate.
         step: the number of steps taken.
         bijections: each constrained parameter's bijection (static: it fixes the structure, not values).
+        ema: the exponential moving average of the unconstrained parameters that ``run(..., ema=)``
+            keeps (same structure as ``params``), or None (no leaves) when no EMA is kept.
     """
 
-    params: dict
+    params: Any
     opt_state: Any
     baselines: dict
     key: jax.Array
     step: jax.Array
     bijections: _Bijections = eqx.field(static=True)
+    ema: Any = None
 
 
 class SVIInfo(NamedTuple):
@@ -117,11 +140,13 @@ class ChunkInfo(NamedTuple):
         state: the state after the chunk.
         step: its global step count.
         objective: the objective at each step of the chunk (numpy array).
+        validation: ``validate``'s value at this step when ``run`` validated here, else None.
     """
 
     state: SVIState
     step: int
     objective: np.ndarray
+    validation: float | None = None
 
 
 @dataclasses.dataclass
@@ -133,14 +158,21 @@ class SVIRunResult:
         params: its constrained parameters.
         objective: objective estimate at every completed step of this run (numpy array).
         steps_per_second: throughput after the first chunk (which includes compilation).
-        stopped: True when the callback stopped the run early.
+        stopped: True when the callback or early stopping (``patience``) stopped the run early.
+        ema_params: the constrained EMA parameters of ``state`` (None without ``ema``).
+        best_step: with ``validate``, the global step of the best validation value (the state
+            returned when early stopping stopped the run), else None.
+        validation: with ``validate``, the ``(step, value)`` pairs evaluated in this run.
     """
 
     state: SVIState
-    params: dict
+    params: Any
     objective: np.ndarray
     steps_per_second: float
     stopped: bool = False
+    ema_params: Any = None
+    best_step: int | None = None
+    validation: list = dataclasses.field(default_factory=list)
 
 
 class SVI:
@@ -156,6 +188,13 @@ class SVI:
             of a per-point objective (VIMCO, or a user objective, on one point at a time).
             Objectives that have a batched per-point form (``iwelbo(..., plate=...)``) are
             faster with it.
+
+    A learning-rate warm-up is an optax schedule given to the optimizer, e.g.
+    ``optax.adam(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 500, 20_000))``, or
+    ``optax.join_schedules([optax.linear_schedule(0.0, lr, 500), optax.constant_schedule(lr)], [500])``;
+    the schedule's count lives in the optimizer state, so a resumed run continues it.
+    ``run(..., ema=0.999)`` keeps an EMA of the parameters and ``run(..., validate=...,
+    patience=...)`` stops early at the best validation value.
 
     Example:
         >>> import jax, optax, gendsl, gendsl.distributions as dist
@@ -198,18 +237,24 @@ class SVI:
             key: PRNG key.
             *args, **kwargs: the objective's arguments (e.g. the data, or a minibatch of it).
             params: initial constrained parameters; by default ``init_params(objective, ...)``.
+                A dict of named parameters, or any pytree (an ``equinox.Module`` that is its
+                own parameters): then its inexact arrays are trained and the rest held static.
         """
         key = as_key(key)
         k_init, k_run = jax.random.split(key)
-        if params is None:
-            init, constraints = init_params(self.objective, k_init, *args, **kwargs)
+        if params is not None and not isinstance(params, dict):
+            init = params
+            bijections = _Bijections({}, eqx.filter(params, eqx.is_inexact_array, inverse=True))
         else:
-            init = dict(params)
-            try:
-                constraints = init_params(self.objective, k_init, *args, **kwargs)[1]
-            except ValueError:
-                constraints = {}
-        bijections = _Bijections(transforms(init, constraints))
+            if params is None:
+                init, constraints = init_params(self.objective, k_init, *args, **kwargs)
+            else:
+                init = dict(params)
+                try:
+                    constraints = init_params(self.objective, k_init, *args, **kwargs)[1]
+                except ValueError:
+                    constraints = {}
+            bijections = _Bijections(transforms(init, constraints))
         unconstrained = strongly_typed(bijections.unconstrain(init))
         # Find the sites with EMA baselines now, so that the state's structure never changes
         # between steps (a change would retrace the jitted step).
@@ -222,9 +267,13 @@ class SVI:
         return SVIState(unconstrained, self.optimizer.init(unconstrained), baselines, k_run,
                         jnp.zeros((), jnp.int32), bijections)
 
-    def get_params(self, state: SVIState) -> dict:
+    def get_params(self, state: SVIState):
         """The constrained parameters of ``state`` (what the objective sees)."""
         return state.bijections.constrain(state.params)
+
+    def get_ema_params(self, state: SVIState):
+        """The constrained EMA parameters of ``state`` (None when it keeps no EMA)."""
+        return None if state.ema is None else state.bijections.constrain(state.ema)
 
     # -- one step ------------------------------------------------------------------------
 
@@ -248,8 +297,8 @@ class SVI:
         updates, opt_state = self.optimizer.update(neg, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(value) & _all_finite(grads)
-        new = SVIState(params, opt_state, baselines, key, state.step + 1, state.bijections)
-        kept = SVIState(state.params, state.opt_state, state.baselines, key, state.step, state.bijections)
+        new = SVIState(params, opt_state, baselines, key, state.step + 1, state.bijections, state.ema)
+        kept = SVIState(state.params, state.opt_state, state.baselines, key, state.step, state.bijections, state.ema)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, kept)
         return new, SVIInfo(value, finite)
 
@@ -267,6 +316,10 @@ class SVI:
         callback: Callable[[ChunkInfo], bool | None] | None = None,
         align: int | None = None,
         divergence: float | None = 1e6,
+        ema: float | None = None,
+        validate: Callable[[Any], float] | None = None,
+        validate_every: int | None = None,
+        patience: int | None = None,
         **kwargs,
     ) -> SVIRunResult:
         """Take ``num_steps`` steps, ``chunk_size`` per compiled ``lax.scan``.
@@ -294,6 +347,19 @@ class SVI:
                 chunk) stops the run before that step. An unstable fit can grow to 1e45 and
                 stay finite; estimates of a healthy one do not jump by a factor of a million.
                 None turns the guard off.
+            ema: keep an exponential moving average of the (unconstrained) parameters with
+                this decay in ``[0, 1)``: ``ema_t = ema * ema_{t-1} + (1 - ema) * params_t``
+                after every step, starting from the parameters of the state the run starts
+                from (no bias correction). It lives in ``state.ema`` (a resumed run continues
+                it); ``result.ema_params`` are its constrained values.
+            validate: ``validate(params) -> float``, higher is better (e.g. a held-out ELBO),
+                called on the host with the constrained parameters (the EMA parameters when
+                ``ema`` is set: the weights one would use) at every multiple of
+                ``validate_every``; the best state is kept (``result.best_step``).
+            validate_every: the validation interval in steps (chunks end there).
+            patience: stop after this many validations in a row without improvement and
+                return the best state (``result.stopped``); None: never stop early. The
+                bookkeeping is per call: a resumed run starts a new best.
 
         Raises:
             NonFiniteError: the objective or gradient became non-finite; the callback has
@@ -310,6 +376,15 @@ class SVI:
             raise ValueError(f"run: align must be a positive int, got {align!r}")
         if divergence is not None and not (isinstance(divergence, (int, float)) and divergence > 1):
             raise ValueError(f"run: divergence must be a number > 1 or None, got {divergence!r}")
+        if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
+            raise ValueError(f"run: ema must be a decay in [0, 1) (e.g. 0.999) or None, got {ema!r}")
+        if (validate is None) != (validate_every is None):
+            raise ValueError("run: validate and validate_every go together: validate=fn(params) -> float, "
+                             "validate_every=k steps")
+        if validate_every is not None and (not isinstance(validate_every, int) or validate_every < 1):
+            raise ValueError(f"run: validate_every must be a positive int, got {validate_every!r}")
+        if patience is not None and (validate is None or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"run: patience must be a positive int and needs validate=..., got {patience!r}")
         key = as_key(key)
         k_init, k_batches = jax.random.split(key)
         data, rest = (args[0], args[1:]) if args else (None, ())
@@ -323,8 +398,17 @@ class SVI:
         if state is None:
             first = _take(data, jnp.arange(batch_size)) if batch_size else data
             state = self.init(k_init, *((first, *rest) if args else ()), **kwargs)
+        if ema is not None and state.ema is None:
+            state = dataclasses.replace(state, ema=state.params)
+        elif ema is None and state.ema is not None:
+            raise ValueError(
+                "run: this state carries an EMA of the parameters; pass ema=<decay> to continue it, or drop it "
+                "with dataclasses.replace(state, ema=None)"
+            )
         length = min(chunk_size, num_steps)
-        chunk = jax.jit(self._make_chunk(batch_size, n_data, length, kwargs))
+        chunk = jax.jit(self._make_chunk(batch_size, n_data, length, kwargs, ema))
+        tracker = _Validation(validate, patience, self.get_ema_params if ema is not None else self.get_params)
+        boundaries = [b for b in (align, validate_every) if b is not None]
 
         values: list[float] = []
         done, stopped, compiled_at = 0, False, None
@@ -333,8 +417,8 @@ class SVI:
             while done < num_steps and not stopped:
                 at = int(state.step)
                 n_valid = min(length, num_steps - done)
-                if align is not None:
-                    n_valid = min(n_valid, (at // align + 1) * align - at)
+                for b in boundaries:
+                    n_valid = min(n_valid, (at // b + 1) * b - at)
                 scale = max(1.0, float(np.median(np.abs(values)))) if values else np.nan
                 limit = np.inf if divergence is None else float(divergence)
                 new_state, objective, finite, guarded = chunk(state, (k_batches, data, rest), n_valid, scale, limit)
@@ -347,7 +431,7 @@ class SVI:
                     values.extend(objective[:good].tolist())
                     if callback is not None and good:
                         callback(ChunkInfo(new_state, at + good, objective[:good]))
-                    result = self._result(new_state, values, compiled_at, False)
+                    result = self._result(new_state, values, compiled_at, False, tracker)
                     bad = float(objective[good])
                     if np.isfinite(bad) and abs(bad) > limit * float(guarded):
                         raise DivergenceError(
@@ -363,15 +447,23 @@ class SVI:
                     )
                 values.extend(objective.tolist())
                 state, done = new_state, done + n_valid
+                figure = None
+                if validate_every is not None and (at + n_valid) % validate_every == 0:
+                    figure = tracker.record(state, at + n_valid)
                 if callback is not None:
-                    stopped = bool(callback(ChunkInfo(state, at + n_valid, objective)))
+                    stopped = bool(callback(ChunkInfo(state, at + n_valid, objective, figure)))
+                if tracker.exhausted():
+                    state, stopped = tracker.best_state, True
                 bar.update(n_valid)
-                bar.set_postfix(objective=f"{np.mean(objective):.4g}")
+                postfix = {"objective": f"{np.mean(objective):.4g}"}
+                if tracker.history:
+                    postfix["validation"] = f"{tracker.history[-1][1]:.4g}"
+                bar.set_postfix(**postfix)
         finally:
             bar.close()
-        return self._result(state, values, compiled_at, stopped)
+        return self._result(state, values, compiled_at, stopped, tracker)
 
-    def _make_chunk(self, batch_size, n_data, length, kwargs):
+    def _make_chunk(self, batch_size, n_data, length, kwargs, ema):
         def chunk(state, inputs, n_valid, scale, limit):
             key, data, rest = inputs
 
@@ -386,6 +478,9 @@ class SVI:
                 else:
                     args = (data, *rest) if data is not None else ()
                 new, info = self.step(s, *args, **kwargs)
+                if ema is not None:
+                    average = jax.tree_util.tree_map(lambda e, p: ema * e + (1.0 - ema) * p, s.ema, new.params)
+                    new = dataclasses.replace(new, ema=average)
                 # The divergence guard: the first chunk's scale is its first estimate's magnitude.
                 first = jnp.maximum(1.0, jnp.abs(info.objective)).astype(scale.dtype)
                 scale = jnp.where(jnp.isnan(scale), first, scale)
@@ -400,14 +495,37 @@ class SVI:
 
         return chunk
 
-    def _result(self, state, values, compiled_at, stopped) -> SVIRunResult:
+    def _result(self, state, values, compiled_at, stopped, tracker) -> SVIRunResult:
         rate = float("nan")
         if compiled_at is not None:
             elapsed = time.perf_counter() - compiled_at[0]
             remaining = len(values) - compiled_at[1]
             if elapsed > 0 and remaining > 0:
                 rate = remaining / elapsed
-        return SVIRunResult(state, self.get_params(state), np.asarray(values), rate, stopped)
+        return SVIRunResult(state, self.get_params(state), np.asarray(values), rate, stopped,
+                            self.get_ema_params(state), tracker.best_step, list(tracker.history))
+
+
+class _Validation:
+    """Early stopping's host-side bookkeeping: the best validation value, its state, the wait since."""
+
+    def __init__(self, fn, patience, params_of):
+        self.fn, self.patience, self.params_of = fn, patience, params_of
+        self.history: list[tuple[int, float]] = []
+        self.best_value, self.best_step, self.best_state, self.waited = -np.inf, None, None, 0
+
+    def record(self, state, step: int) -> float:
+        value = float(self.fn(self.params_of(state)))
+        self.history.append((step, value))
+        # NaN never improves: a validation that breaks down counts against patience.
+        if value > self.best_value:
+            self.best_value, self.best_step, self.best_state, self.waited = value, step, state, 0
+        else:
+            self.waited += 1
+        return value
+
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.best_state is not None and self.waited >= self.patience
 
 
 def _check_all_used(jaxpr, params: dict) -> None:
