@@ -21,6 +21,7 @@ from gendsl.inference._evaluate import BoundEstimates, evaluate_bounds
 from gendsl.inference._expectation import Expectation, expectation
 from gendsl.inference._language import baselines, density, repeat, sim
 from gendsl.inference._marginal import Marginal, Normalized, marginal, normalize
+from gendsl.inference._mcmc import nuts
 from gendsl.inference._mvd import MVD, MeasureValued
 from gendsl.inference._objectives import (
     common_plate,
@@ -81,6 +82,7 @@ __all__ = [
     "density",
     "marginal",
     "normalize",
+    "nuts",
     "diwhvi",
     "elbo",
     "hvi",

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the program's model and guide by stochastic variational inference, with a progress bar.\n"
             "Writes to --out: params.npz (constrained parameters, no pickle), checkpoint.npz, metrics.csv,\n"
-            "loss.png, posterior.nc (ArviZ InferenceData), summary.txt and config.json.\n\n"
+            "loss.png, posterior.nc (ArviZ InferenceData), marginals.png, report.html, summary.txt, config.json.\n"
+            "With --method nuts: sample the model's posterior with NUTS instead (no guide): posterior.nc with\n"
+            "sampling diagnostics, summary.txt with R-hat, ESS and divergences, trace.png, marginals.png,\n"
+            "report.html and config.json.\n\n"
             "Option values come from the command line, else the program's `defaults`, else the defaults shown.\n\n"
             + PROGRAM_HELP
         ),
@@ -140,6 +143,36 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, metavar="PATH", help="data path (default: the run's)")
     _common(ev)
     ev.set_defaults(func=_command_eval)
+
+    report = commands.add_parser(
+        "report", help="rebuild a run folder's report.html", formatter_class=formatter,
+        description=(
+            "Rebuild report.html in a run folder from the files it holds: the run, the training curve (or the\n"
+            "NUTS trace), eval.json, samples.png, the posterior marginals and summary.txt. One self-contained\n"
+            "page: images embedded, nothing fetched from the network."
+        ),
+        epilog=EXIT_HELP,
+    )
+    report.add_argument("run", metavar="RUN", help="the run folder written by `gendsl fit`")
+    _common(report)
+    report.set_defaults(func=_command_report, program=None)
+
+    cmp = commands.add_parser(
+        "compare", help="two runs' posteriors side by side (e.g. VI against NUTS)", formatter_class=formatter,
+        description=(
+            "Put two runs' posteriors (posterior.nc) side by side: per parameter, the mean and sd under each,\n"
+            "the difference of the means in units of RUN_B's sd and the ratio of the sds (so put the reference,\n"
+            "e.g. a NUTS run, second). Prints the table and writes compare.txt and compare.png (the marginals\n"
+            "overlaid, per parameter) to --out."
+        ),
+        epilog=EXIT_HELP,
+    )
+    cmp.add_argument("run_a", metavar="RUN_A", help="a run folder written by `gendsl fit`")
+    cmp.add_argument("run_b", metavar="RUN_B", help="another run folder (the reference)")
+    cmp.add_argument("--out", metavar="DIR", default=None,
+                     help="where to write compare.txt and compare.png (default: compare-A-vs-B beside RUN_A)")
+    _common(cmp)
+    cmp.set_defaults(func=_command_compare, program=None)
     return parser
 
 
@@ -187,13 +220,72 @@ def _command_fit(args):
 def _command_sample(args):
     from gendsl.cli._sample import sample
 
-    return sample(args)
+    _refuse_nuts_run(args.run, "sample")
+    code = sample(args)
+    if code == 0 and (args.out is None or os.path.abspath(args.out) == os.path.abspath(args.run)):
+        _refresh_report(args.run)
+    return code
 
 
 def _command_eval(args):
     from gendsl.cli._eval import evaluate
 
-    return evaluate(args)
+    _refuse_nuts_run(args.run, "eval")
+    code = evaluate(args)
+    if code == 0:
+        _refresh_report(args.run)
+    return code
+
+
+def _command_report(args):
+    from gendsl.cli._errors import CLIError
+    from gendsl.cli._report import build
+    from gendsl.cli._runfolder import RunFolder
+
+    folder = RunFolder(args.run)
+    if not os.path.isdir(args.run):
+        raise CLIError(f"RUN {args.run}: no such directory; give a run folder written by `gendsl fit`")
+    if not folder.has(RunFolder.CONFIG):
+        raise CLIError(f"RUN {args.run}: no config.json; give a run folder written by `gendsl fit`")
+    print(f"wrote {build(folder)}")
+    return 0
+
+
+def _command_compare(args):
+    from gendsl.cli._compare import compare
+
+    return compare(args)
+
+
+def _refuse_nuts_run(run: str, command: str) -> None:
+    """``eval`` and ``sample`` use a trained guide; a ``--method nuts`` run has none."""
+    import json
+
+    from gendsl.cli._errors import CLIError
+
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            method = json.load(f)["options"].get("method", "vi")
+    except Exception:
+        return  # the command itself reports a missing or damaged config.json
+    if method == "nuts":
+        raise CLIError(f"--run {run}: a --method nuts run has no guide or parameters for `gendsl {command}`; its "
+                       "draws are in posterior.nc (see summary.txt and report.html)")
+
+
+def _refresh_report(run: str) -> None:
+    """Rebuild ``report.html`` after ``eval`` / ``sample`` when the run has one (it embeds their outputs)."""
+    from gendsl.cli._report import REPORT, build
+    from gendsl.cli._runfolder import RunFolder
+
+    folder = RunFolder(run)
+    if not folder.has(REPORT):
+        return
+    try:
+        build(folder)
+    except Exception as exc:  # the command's own output is written; a stale page is only a warning
+        print(f"warning: report.html not rebuilt ({type(exc).__name__}: {exc}); run `gendsl report {run}`",
+              file=sys.stderr)
 
 
 def _quiet_xla() -> None:
@@ -256,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exception(exc)
-        if program_frame(exc, args.program) is not None:
+        if args.program is not None and program_frame(exc, args.program) is not None:
             print(f"{prog}: error: {describe(exc, args.program, 'in the program')}", file=sys.stderr)
             return 2
         print(f"{prog}: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the "

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gendsl
-from gendsl.cli import _options, _outputs
+from gendsl.cli import _nuts, _options, _outputs, _report
 from gendsl.cli._checkpoint import read_meta
 from gendsl.cli._errors import CLIError, TrainingStopped
 from gendsl.cli._program import load_program, take
@@ -191,6 +191,9 @@ def fit(args) -> int:
     quiet = args.quiet
     program = load_program(args.program)
     options, saved = _resolve(args, program)
+    _nuts.check_method_options(args, options["method"])
+    if options["method"] == "nuts":
+        return _nuts.fit_nuts(args, program, options)
     folder = RunFolder(options["out"])
     folder.check_unlocked()  # a busy folder fails now, not after tracing the program
     with device_context(options["device"]):
@@ -483,9 +486,11 @@ def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, w
     header += ["", f"Posterior summary of the guide's draws ({idata.posterior.sizes['draw']} draws; a variational "
                "approximation, so no r_hat / ESS):"]
     _outputs.write_summary(folder, header, table, notes + more)
+    folder.write_bytes(_report.MARGINALS, _report.plot_marginals(idata.posterior, f"{_title(setup)}: guide's draws"))
     speed = session[0] / max(session[1], 1e-9)
     extra = {"warning": warning} if warning else {}
     folder.write_json(RunFolder.CONFIG, dict(config, status="completed", wall_s=round(wall, 3), **extra))
+    _report.build(folder)
     print(f"trained {o['steps']} steps in {wall:.1f} s ({speed:.0f} steps/s, compilation included)")
     if held:
         print(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.2f} nats at step {held[0]['step']} -> "
@@ -493,4 +498,5 @@ def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, w
     print(f"final training objective{per}: {final:.2f}")
     if warning:
         print(warning)
-    print(f"wrote {out}/: {', '.join(RunFolder.FIT_OUTPUTS)}, {RunFolder.CHECKPOINT}")
+    print(f"wrote {out}/: {', '.join(RunFolder.FIT_OUTPUTS)}, {RunFolder.CHECKPOINT}, {_report.MARGINALS}, "
+          f"{_report.REPORT}")

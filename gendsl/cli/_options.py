@@ -25,6 +25,8 @@ __all__ = ["Option", "FIT_OPTIONS", "OPTIMIZERS", "merge", "add_options", "check
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "rmsprop", "adagrad", "adabelief")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "gpu")
+METHODS = ("vi", "nuts")
+CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 
 
 def show(value) -> str:
@@ -72,6 +74,14 @@ def positive_float(value) -> float:
     number = _float(value)
     if not number > 0 or not math.isfinite(number):
         raise ValueError(f"expected a positive finite number, got {show(value)}")
+    return number
+
+
+def open_unit(value) -> float:
+    """A float strictly between 0 and 1."""
+    number = _float(value)
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"expected a number between 0 and 1 (exclusive), got {show(value)}")
     return number
 
 
@@ -156,6 +166,9 @@ class Option:
 
 
 FIT_OPTIONS = (
+    Option("method", one_of(*METHODS), "vi",
+           "vi: train the guide by stochastic variational inference (default); nuts: sample the model's posterior "
+           "with NumPyro's NUTS (no guide; for models small enough for MCMC)", "vi|nuts"),
     Option("objective", optional(text), None,
            "objective to maximize: elbo, elbo-stl, iwelbo, iwelbo-dreg, vimco, renyi, rws, or 'program' for the "
            "program's own `objective` (the default when the program defines one; otherwise elbo)", "NAME"),
@@ -201,6 +214,16 @@ FIT_OPTIONS = (
            "stop training (exit code 1, keeping the last good checkpoint) at the first checkpoint where the held-out "
            "ELBO or the training objective has worsened by more than 100 times its starting magnitude; without it, "
            "that is a warning in the output and summary.txt", flag=True),
+    Option("chains", positive_int, 4, "--method nuts: independent chains (default 4; at least 2 for R-hat)", "C"),
+    Option("warmup", natural_int, 1000, "--method nuts: warm-up (adaptation) iterations per chain (default 1000)",
+           "N"),
+    Option("draws", positive_int, 1000, "--method nuts: draws kept per chain after warm-up (default 1000)", "N"),
+    Option("target_accept", open_unit, 0.8,
+           "--method nuts: target acceptance probability of the step-size adaptation, in (0, 1); raise it (0.9, "
+           "0.95) when there are divergences (default 0.8)", "P"),
+    Option("chain_method", one_of(*CHAIN_METHODS), "vectorized",
+           "--method nuts: vectorized runs all chains in one compiled program (default; one device), sequential "
+           "one after another, parallel one device per chain", "NAME"),
     Option("device", one_of(*DEVICES), "auto", "run on cpu or gpu (default: JAX's default device)", "cpu|gpu"),
     Option("out", optional(text), None, "output directory (default: runs/<program name>)", "DIR"),
 )
