@@ -4,6 +4,10 @@
 ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (``gendsl.inference.diffusion.edm_precond``),
 trained on ``EDM.objective`` (an ``Expectation`` from ``edm_objective``) and sampled with
 ``edm_sample`` (Heun, optional churn).
+
+``EDM`` implements ``gendsl.models.Trainable``; the module is its own parameters. Its
+``evaluate`` reports the exact negative log-likelihood by the probability-flow ODE in the
+noise level (and, for 2-D data, the MMD against the held-out points).
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import functools
 
 import equinox as eqx
+import jax.numpy as jnp
+from jax.scipy.stats import norm
 
 from gendsl.inference.diffusion import edm_denoise, edm_objective, edm_sample, karras_sigmas
 from gendsl.models._nets import TimeMLP
+from gendsl.models._protocol import density_metrics, sigma_ode_log_likelihood
 
 __all__ = ["EDM"]
 
@@ -39,6 +46,7 @@ class EDM(eqx.Module):
 
     net: TimeMLP
     sigma_data: float = eqx.field(static=True)
+    sample_options = ("steps", "churn", "sigma_min", "sigma_max")
 
     def __init__(self, dim: int, *, sigma_data: float = 0.5, num_classes: int | None = None, hidden: int = 128,
                  depth: int = 3, key):
@@ -59,11 +67,38 @@ class EDM(eqx.Module):
         """
         return _objective(self.sigma_data)
 
-    def sample(self, key, n: int, *cond, steps: int = 18, churn: float = 0.0, sigma_min: float = 0.002,
+    def sample(self, *args, steps: int = 18, churn: float = 0.0, sigma_min: float = 0.002,
                sigma_max: float = 80.0):
-        """``n`` samples by EDM's Heun sampler on ``steps`` Karras noise levels."""
+        """``n`` samples by EDM's Heun sampler on ``steps`` Karras noise levels.
+
+        Called as ``edm.sample(key, n, *cond)`` (this module's parameters) or, the
+        ``Trainable`` form, ``edm.sample(params, key, n, *cond)`` with ``params`` a trained ``EDM``.
+        """
+        params, (key, n, *cond) = (args[0], args[1:]) if isinstance(args[0], EDM) else (self, args)
         sigmas = karras_sigmas(steps, sigma_min, sigma_max)
-        return edm_sample(_denoise, self, key, sigmas, (n, self.net.shape[0]), churn=churn, cond=cond)
+        return edm_sample(_denoise, params, key, sigmas, (n, params.net.shape[0]), churn=churn, cond=tuple(cond))
+
+    def init_params(self, key, data) -> EDM:
+        """The ``Trainable`` parameters: the module itself (its arrays were drawn by its constructor's key)."""
+        del key, data
+        return self
+
+    def evaluate(self, params: EDM, data, key, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 **options) -> dict:
+        """Exact negative log-likelihood of held-out ``data`` (nats per point) by the probability-flow ODE.
+
+        Integrates ``dx/dsigma = (x - D(x, sigma)) / sigma`` from ``sigma_min`` to ``sigma_max``
+        and scores the end under ``N(0, sigma_max^2)`` (``sigma_ode_log_likelihood``; options
+        such as ``divergence="hutchinson"`` go to ``ode_log_likelihood``). For 2-D data it also
+        reports the MMD of ``len(data)`` samples against ``data`` (``mmd_with_error``).
+
+        Returns:
+            ``{"nll": (nats, standard_error), "bits_per_dim": ..., ["mmd": ...]}``.
+        """
+        def log_prob(x):
+            return _log_prob(params, x, sigma_min, sigma_max, options)
+
+        return density_metrics(log_prob, data, key, lambda k, n: params.sample(k, n))
 
 
 def _raw(edm, u, c_noise, *cond):
@@ -78,3 +113,15 @@ def _objective(sigma_data: float):
 
 def _denoise(edm, x, sigma, *cond):
     return edm.denoise(x, sigma, *cond)
+
+
+def _denoise_args(x, sigma, edm):
+    return edm.denoise(x, sigma)
+
+
+@eqx.filter_jit
+def _log_prob(edm, x, sigma_min, sigma_max, options):
+    def prior(z):
+        return jnp.sum(norm.logpdf(z, scale=sigma_max))
+
+    return sigma_ode_log_likelihood(_denoise_args, edm, x, sigma_min, sigma_max, prior, **options)
