@@ -59,6 +59,16 @@ def test_objectives_md_example():
         assert np.all(np.abs(np.asarray(g).mean(axis=0) - exact[name]) < 4 * se + 1e-6), name
 
 
+def test_models_md_example():
+    """The Trainable protocol end to end: the fitted flow's exact NLL is near the data's entropy."""
+    (block,) = blocks("models.md")
+    ns = run(block, "models.md")
+    assert ns["samples"].shape == (256, 2)
+    nll, se = ns["nll"], ns["se"]
+    assert 0 < se < 0.5 and abs(nll - (1 + np.log(2 * np.pi * 0.25))) < 0.5
+    assert ns["result"].best_step is not None
+
+
 def test_fit_md_program_block_is_a_program(tmp_path):
     program = blocks("fit.md")[0]
     ns = run(program, "fit.md")
