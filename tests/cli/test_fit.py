@@ -234,3 +234,13 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
     assert read_meta(path, "checkpoint")["step"] == 1
     assert zipfile.is_zipfile(path)
     assert listing(tmp_path) == ["checkpoint.npz"]  # no temporary file left behind
+
+
+def test_progress_is_whole_lines_when_stderr_is_not_a_terminal(gendsl_cli, tmp_path):
+    """In a log file a redrawn bar would be one long line of carriage returns: print lines instead."""
+    result = gendsl_cli("fit", PROGRAMS / "normal.py", "--out", tmp_path / "run", "--steps", 40, "--chunk-size", 4)
+    assert result.code == 0, result.err
+    assert "\r" not in result.err
+    lines = [line for line in result.err.splitlines() if line.startswith("fit: step ")]
+    assert [line.split(" (")[0] for line in lines] == [f"fit: step {4 * k}/40" for k in range(1, 11)]
+    assert all("steps/s, ETA" in line and ", objective " in line and ", held-out " in line for line in lines)
