@@ -23,7 +23,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# Compiling a model's objective, sampler and likelihood ODE costs 5-10 s each: two models in the
+# fast suite (a discrete-data and a continuous-data one), all five in the slow one. The ground-truth
+# checks of evaluate (below) are fast.
+FAST = ("EDM", "VDM")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)]
+)
 def test_model_trains_through_svi_samples_and_evaluates(name):
     make, data, options = CASES[name]
     model = make()
