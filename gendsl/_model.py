@@ -70,6 +70,7 @@ class _ImproperAtZero(Messenger):
 
 
 def missing_choice(address: str) -> MissingChoiceError:
+    """The error for a latent site at ``address`` that ``assess`` found without a value (also raised in loops)."""
     return MissingChoiceError(
         f"assess: no value for latent site '{address}'; add choices['{address}'], or use "
         "model.generate(key, constraints, ...) to sample the sites you leave out"
