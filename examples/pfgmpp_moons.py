@@ -1,5 +1,13 @@
 """PFGM++ on scikit-learn's two moons, for several numbers of augmented dimensions D.
 
+A ``gendsl fit`` program (a ``gendsl.models`` Trainable, D = 128), a minute or two on two CPU cores:
+
+    gendsl fit examples/pfgmpp_moons.py                   # -> runs/pfgmpp_moons/
+    gendsl eval examples/pfgmpp_moons.py --run runs/pfgmpp_moons --limit 200
+    gendsl sample examples/pfgmpp_moons.py --run runs/pfgmpp_moons -n 2000 --sampling-steps 32
+
+The data are standardized and scaled by EDM's sigma_data = 0.5. The script compares several D:
+
     python examples/pfgmpp_moons.py --steps 4000                 # D = 128
     python examples/pfgmpp_moons.py --steps 4000 --D 8 128 inf   # inf: EDM's Gaussian kernel
 
@@ -17,6 +25,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from gendsl.models import PFGMPP, energy_distance
+
+# -- the `gendsl fit` program: a Trainable, the data, and option defaults
+
+trainable = PFGMPP(2, D=128.0)
+
+
+def data():
+    """10,000 training and 2,000 held-out points of the two moons, standardized, times sigma_data = 0.5."""
+    from sklearn.datasets import make_moons
+
+    train, test = make_moons(10000, noise=0.05, random_state=0)[0], make_moons(2000, noise=0.05, random_state=1)[0]
+    mean, std = train.mean(0), train.std(0)
+    return (0.5 * jnp.asarray((train - mean) / std, jnp.float32), 0.5 * jnp.asarray((test - mean) / std, jnp.float32))
+
+
+defaults = {"steps": 3000, "batch_size": 512, "lr": 3e-3, "schedule": "cosine", "warmup": 100, "ema": 0.999,
+            "chunk_size": 100, "checkpoint_every": 500}
 
 
 def main():

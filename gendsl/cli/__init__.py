@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw observations as HxW images (default: the program's image_shape, or square "
                              "images in [0, 1] when the size is a square)")
     sample.add_argument("--data", default=None, metavar="PATH", help="data path (default: the run's)")
+    sample.add_argument("--sampling-steps", type=_positive, default=None, metavar="N",
+                        help="a Trainable run: the sampler's steps (its `steps` option; default: the model's)")
+    sample.add_argument("--sampler", default=None, metavar="NAME",
+                        help="a Trainable run: the sampler (its `method` option, e.g. ancestral, ddim, heun, ode; "
+                             "default: the model's)")
+    sample.add_argument("--raw", action="store_true",
+                        help="use the trained parameters (params.npz), not their EMA (ema_params.npz, the default "
+                             "for runs fitted with --ema)")
     _common(sample)
     sample.set_defaults(func=_command_sample)
 
@@ -141,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="data points evaluated at once (default 100; fewer with large K)")
     ev.add_argument("--seed", type=_natural, default=0, metavar="S", help="random seed (default 0)")
     ev.add_argument("--data", default=None, metavar="PATH", help="data path (default: the run's)")
+    ev.add_argument("--raw", action="store_true",
+                    help="use the trained parameters (params.npz), not their EMA (ema_params.npz, the default for "
+                         "runs fitted with --ema)")
     _common(ev)
     ev.set_defaults(func=_command_eval)
 

@@ -228,9 +228,25 @@ def describe_rules(rules) -> list[str]:
     return [f"{'<non-reparameterizable>' if p is None else p}={s!r}" for p, s in rules]
 
 
-def build_optimizer(name: str, lr: float, schedule: str, steps: int, clip: float | None):
-    """The optax transformation for the options."""
-    rate = lr if schedule == "constant" else optax.cosine_decay_schedule(lr, steps)
+def build_optimizer(name: str, lr: float, schedule: str, steps: int, clip: float | None, warmup: int | None = None):
+    """The optax transformation for the options.
+
+    ``warmup`` steps raise the learning rate linearly from 0 to ``lr``; the schedule (constant,
+    or cosine decay to 0 at ``steps``) follows.
+
+    Raises:
+        CLIError: a warm-up as long as the run.
+    """
+    warmup = warmup or 0
+    if warmup and warmup >= steps:
+        raise CLIError(f"--warmup {warmup}: the warm-up must be shorter than the run (--steps {steps}); "
+                       "lower --warmup or raise --steps")
+    if schedule == "constant":
+        rate = lr if not warmup else optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    else:
+        rate = (optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps) if warmup
+                else optax.cosine_decay_schedule(lr, steps))
     make = {
         "adam": optax.adam,
         "adamw": optax.adamw,

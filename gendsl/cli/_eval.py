@@ -29,13 +29,15 @@ def evaluate(args) -> int:
     """Run ``gendsl eval``; returns the exit code."""
     from gendsl.inference import evaluate_bounds
 
-    run = open_trained(args.program, args.run, args.data)
+    run = open_trained(args.program, args.run, args.data, raw=args.raw)
     setup, params = run.setup, run.params
     data, split = setup.data.test, "test"
     if data is None or args.split == "train":
         data, split = setup.data.train, "train"
     if args.split == "test" and setup.data.test is None:
         print("note: the program's data() has no test split; evaluating on the training data")
+    if setup.kind.kind != "vi":
+        return _evaluate_direct(args, run, data, split)
     K, S, R = args.particles, args.samples, args.repeats
     if setup.batched and args.limit:
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -70,4 +72,42 @@ def evaluate(args) -> int:
     print(f"  ELBO ({S} samples):     {r.elbo:10.3f} +- {r.elbo_se:.3f}")
     print(f"  IWAE-{K} log-likelihood: {r.iwae:10.3f} +- {r.iwae_se:.3f}   (a lower bound of log p(x))")
     print(f"  (+- is the Monte-Carlo standard error over {R} repeats; {seconds:.1f} s) -> {path}")
+    return 0
+
+
+def _evaluate_direct(args, run, data, split: str) -> int:
+    """A Trainable's own metric (``trainable.evaluate``), or an objective's held-out value, with standard errors."""
+    import numpy as np
+
+    setup, params = run.setup, run.params
+    n = jax.tree_util.tree_leaves(data)[0].shape[0] if jax.tree_util.tree_leaves(data)[0].ndim else None
+    if args.limit and n is not None:
+        data = take(data, jnp.arange(min(n, args.limit)))
+        n = min(n, args.limit)
+    key = jax.random.key(args.seed)
+    t0 = time.perf_counter()
+    kind = setup.kind
+    if kind.kind == "trainable":
+        metrics = setup.program.call(f"in {kind.name}.evaluate(params, data, key)", kind.trainable.evaluate,
+                                     params, data, key)
+        what = f"{type(kind.trainable).__name__}.evaluate"
+    else:
+        # An objective alone has no metric of its own: its value on the split, --repeats estimates.
+        objective = setup.built.objective
+        keys = jax.random.split(key, args.repeats)
+        values = [float(setup.program.call("in the objective", objective.estimate, k, params, data,
+                                           samples=args.samples)) for k in keys]
+        se = float(np.std(values, ddof=1) / np.sqrt(len(values)))
+        metrics = {"objective": (float(np.mean(values)), se)}
+        what = f"the objective ({args.repeats} estimates of {args.samples} samples)"
+    seconds = time.perf_counter() - t0
+    table = {name: {"value": float(v), "se": float(e)} for name, (v, e) in metrics.items()}
+    result = {"kind": kind.kind, "split": split, "points": n, "step": run.meta.get("step"),
+              "weights": run.meta.get("weights"), "metrics": table, "seed": args.seed, "seconds": round(seconds, 2)}
+    path = run.folder.write_json(RunFolder.EVAL, result)
+    weights = " (EMA weights)" if run.meta.get("weights") == "ema" else ""
+    print(f"{os.path.basename(args.program)} at step {run.meta.get('step')}{weights}, {what} on {n} {split} points:")
+    for name, m in table.items():
+        print(f"  {name:<14} {m['value']:12.5g} +- {m['se']:.3g}")
+    print(f"  (+- is the standard error; {seconds:.1f} s) -> {path}")
     return 0

@@ -38,6 +38,7 @@ import sys
 import time
 import uuid
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,6 +175,14 @@ def _held_out(setup: Setup, key):
     test = setup.data.test
     if test is None:
         return None
+    if setup.kind.kind != "vi":
+        # The training objective on (up to 1000 points of) the held-out split, with the same key each time.
+        if jax.tree_util.tree_leaves(test)[0].ndim:
+            n = min(jax.tree_util.tree_leaves(test)[0].shape[0], 1000)
+            test = take(test, jnp.arange(n))
+        objective = setup.built.objective
+        direct = eqx.filter_jit(lambda p, x: objective.estimate(key, p, x, samples=4))
+        return lambda params: float(direct(params, test))
     if setup.batched:
         n = min(jax.tree_util.tree_leaves(test)[0].shape[0], 1000)
         test = take(test, jnp.arange(n))
@@ -234,8 +243,9 @@ class _Progress:
         self.held_out, self.bar, self.signals, self.meta, self.quiet = held_out, bar, signals, meta, quiet
         self.step, self.saved_at, self.wall = start, start, wall
         self.t0 = time.perf_counter()
-        self.last = {"objective": None, "held_out": next((r["held_out_elbo"] for r in reversed(rows)
-                                                          if r.get("held_out_elbo") is not None), None)}
+        self.column = setup.held_out_column
+        self.last = {"objective": None, "held_out": next((r[self.column] for r in reversed(rows)
+                                                          if r.get(self.column) is not None), None)}
         self.warning: str | None = None  # the first divergence warning
         self.diverged_at: int | None = None  # the step where --stop-on-divergence stopped training
 
@@ -243,6 +253,9 @@ class _Progress:
         self.folder.save_tree(RunFolder.CHECKPOINT, state, {**self.meta, "step": step, "wall_s": self.wall})
         self.folder.save_tree(RunFolder.PARAMS, self.setup.svi.get_params(state),
                               {**self.meta, "kind": "params", "step": step})
+        if state.ema is not None:
+            self.folder.save_tree(RunFolder.EMA_PARAMS, self.setup.svi.get_ema_params(state),
+                                  {**self.meta, "kind": "ema_params", "step": step})
         self.saved_at = step
 
     def _start(self, column: str) -> tuple[int, float] | None:
@@ -251,9 +264,10 @@ class _Progress:
 
     def _divergence(self, step: int, objective: float) -> str | None:
         """A warning line when the held-out ELBO or the training objective has worsened by orders of magnitude."""
-        per = " per data point" if self.setup.options["batch_size"] else ""
+        per = " per data point" if self.setup.options["batch_size"] and self.setup.kind.kind == "vi" else ""
         column = "objective_per_point" if per else "objective"
-        for what, start, now in (("held-out ELBO", self._start("held_out_elbo"), self.last["held_out"]),
+        held = "held-out ELBO" if self.column == "held_out_elbo" else "held-out objective"
+        for what, start, now in ((held, self._start(self.column), self.last["held_out"]),
                                  (f"training objective{per}", self._start(column), objective)):
             if start is not None and _worsened(start[1], now):
                 return (f"warning: training diverges: the {what} fell from {start[1]:.4g} at step {start[0]} to "
@@ -266,7 +280,8 @@ class _Progress:
         self.wall += now - self.t0
         self.t0 = now
         o = self.setup.options
-        batch, steps = o["batch_size"], o["steps"]
+        # A Trainable's objective is already per data point (a mean over the batch); a VI bound is a sum.
+        batch, steps = (o["batch_size"] if self.setup.kind.kind == "vi" else None), o["steps"]
         start = info.step - len(info.objective)
         new_rows = [
             {"step": start + i + 1, "objective": float(v),
@@ -276,8 +291,10 @@ class _Progress:
         self.step = info.step
         self.last["objective"] = float(np.mean(info.objective)) / (batch or 1)
         at_checkpoint = info.step % o["checkpoint_every"] == 0 or info.step == steps
-        if at_checkpoint and self.held_out is not None and new_rows:
-            new_rows[-1]["held_out_elbo"] = self.last["held_out"] = self.held_out(self.setup.svi.get_params(info.state))
+        if info.validation is not None and new_rows:  # --validate-every: SVI.run evaluated it already
+            new_rows[-1][self.column] = self.last["held_out"] = float(info.validation)
+        elif at_checkpoint and self.held_out is not None and new_rows:
+            new_rows[-1][self.column] = self.last["held_out"] = self.held_out(self.setup.params_of(info.state))
         self.metrics.append(new_rows)  # before the checkpoint: a resume drops rows past it
         self.rows.extend(new_rows)
         if at_checkpoint:
@@ -304,6 +321,7 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
     svi, program = setup.svi, setup.program
     state = setup.state
     start_step, wall_before = 0, 0.0
+    early = None
     if saved is not None:
         if saved.get("program_sha256") != program.sha256:
             _say(quiet, f"warning: {program.path} changed since this run started; resuming with the new file")
@@ -313,6 +331,8 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
             raise CLIError(f"{out}/checkpoint.npz: damaged (its state is at step {int(state.step)}, its header "
                            f"says {start_step}); delete it and train again")
     folder.create()
+    if saved is None and options.get("ema") is None and folder.has(RunFolder.EMA_PARAMS):
+        os.remove(folder.file(RunFolder.EMA_PARAMS))  # left by the run --overwrite replaced
     steps = options["steps"]
     config = {
         "gendsl_version": gendsl.__version__,
@@ -321,7 +341,7 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
         "program": os.path.abspath(program.path),
         "program_sha256": program.sha256,
         "options": {k: options[k] for k in (o.name for o in _options.FIT_OPTIONS)},
-        "resolved": {
+        "resolved": _resolved_direct(setup) if setup.kind.kind != "vi" else {
             "model": setup.names[0],
             "guide": setup.names[1],
             "objective": setup.built.name,
@@ -352,17 +372,27 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
         if start_step == 0:
             row = {"step": 0, "wall_s": 0.0}
             if held_out is not None:
-                row["held_out_elbo"] = progress.last["held_out"] = held_out(svi.get_params(state))
+                row[progress.column] = progress.last["held_out"] = held_out(setup.params_of(state))
                 rows.append(row)
                 metrics.append([row])
             progress.checkpoint(state, 0)
         try:
             if start_step < steps:
                 progress.t0 = time.perf_counter()
+                validate = ({"validate": held_out, "validate_every": options["validate_every"],
+                             "patience": options["patience"]} if options.get("validate_every") else {})
                 result = svi.run(k_train, steps - start_step, setup.data.train, batch_size=options["batch_size"],
                                  chunk_size=options["chunk_size"], progress=False, state=state, callback=progress,
-                                 align=options["checkpoint_every"])
+                                 align=options["checkpoint_every"], ema=options.get("ema"), **validate)
                 state = result.state
+                if (result.stopped and result.best_step is not None and signals.received is None
+                        and progress.diverged_at is None):
+                    # --patience ran out: SVI.run returned the best state; it becomes the last checkpoint.
+                    early = {"stopped_at": progress.step, "best_step": result.best_step,
+                             "best_validation": max(v for _, v in result.validation)}
+                    progress.checkpoint(state, result.best_step)
+                    _say(quiet, f"early stopping at step {progress.step}: no improvement in {options['patience']} "
+                         f"validations; restored the best state, step {result.best_step}")
         except NonFiniteError as exc:
             bar.close()
             value = _options.show(float(exc.value))
@@ -403,8 +433,14 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
                 code=128 + signals.received,
             )
     bar.close()
-    params = svi.get_params(state)
+    params = setup.params_of(state)  # the EMA weights with --ema: what eval and sample use too
     wall = progress.wall
+    if early is not None:
+        config["early_stopping"] = early
+    if setup.kind.kind != "vi":
+        _write_direct_outputs(setup, folder, rows, config, wall, (progress.step - start_step, wall - wall_before),
+                              quiet, progress.warning)
+        return 0
     _write_outputs(setup, folder, params, rows, config, k_post, wall, (progress.step - start_step, wall - wall_before),
                    quiet, progress.warning)
     return 0
@@ -482,8 +518,38 @@ class _Lines:
               f"ETA {eta:.0f} s{extra}", file=self.stream, flush=True)
 
 
+def _resolved_direct(setup: Setup) -> dict:
+    """``config.json``'s ``resolved`` block of a Trainable or objective program."""
+    kind = setup.kind
+    return {
+        "kind": kind.kind,
+        "name": kind.name,
+        "class": type(kind.trainable).__name__ if kind.trainable is not None else None,
+        "objective": setup.built.name,
+        "ema": setup.options.get("ema"),
+        "train_shapes": shapes(setup.data.train),
+        "test_shapes": shapes(setup.data.test) if setup.data.test is not None else None,
+        "device": str(jax.devices()[0]) if setup.options["device"] == "auto" else setup.options["device"],
+    }
+
+
+def _training_line(o: dict) -> str:
+    extras = [f"warm-up {o['warmup']}" if o.get("warmup") else None, f"EMA {o['ema']:g}" if o.get("ema") else None,
+              f"validation every {o['validate_every']}" if o.get("validate_every") else None,
+              f"patience {o['patience']}" if o.get("patience") else None]
+    return "".join(f", {e}" for e in extras if e)
+
+
 def _banner(setup: Setup, start: int) -> str:
     o = setup.options
+    if setup.kind.kind != "vi":
+        what = (f"Trainable `{setup.kind.name}` ({type(setup.kind.trainable).__name__})"
+                if setup.kind.kind == "trainable" else "objective `objective`")
+        data = (f"minibatches of {o['batch_size']} of {setup.n_train} training points" if setup.batched
+                else "full data every step")
+        return (f"gendsl fit {setup.program.path} -> {o['out']}\n  {what}\n"
+                f"  {o['optimizer']} lr {o['lr']:g} ({o['schedule']}{_training_line(o)}); {o['steps']} steps"
+                f"{f', resuming at step {start}' if start else ''}; {data}; seed {o['seed']}")
     data = f"{setup.n_train} training points" if setup.batched else "full data every step"
     if setup.batched:
         data = f"minibatches of {o['batch_size']} of {setup.n_train} training points"
@@ -512,6 +578,50 @@ def _title(setup: Setup) -> str:
     return os.path.basename(setup.program.path)
 
 
+def _write_direct_outputs(setup: Setup, folder: RunFolder, rows, config, wall: float, session: tuple, quiet: bool,
+                          warning: str | None) -> None:
+    """Outputs of a Trainable or objective run: loss plot, summary.txt, config.json, report (no posterior)."""
+    o = setup.options
+    _outputs.plot_loss(rows, folder, _title(setup))
+    trained = [r for r in rows if r.get("objective") is not None]
+    tail = trained[-max(1, len(trained) // 20):]
+    final = float(np.mean([r["objective"] for r in tail])) if tail else float("nan")
+    held = [r for r in rows if r.get("held_out_objective") is not None]
+    lines = [f"gendsl fit {setup.program.path}  (gendsl {gendsl.__version__})",
+             _banner(setup, 0).splitlines()[1].strip() + f"; {o['steps']} steps; {wall:.1f} s of training",
+             f"optimizer {o['optimizer']} lr {o['lr']:g} ({o['schedule']}{_training_line(o)})",
+             f"final objective (mean of the last {len(tail)} steps): {final:.4f}"]
+    if held:
+        lines.append(f"held-out objective: {held[0]['held_out_objective']:.4f} at step {held[0]['step']}, "
+                     f"{held[-1]['held_out_objective']:.4f} at step {held[-1]['step']}")
+    early = config.get("early_stopping")
+    if early:
+        lines.append(f"early stopping at step {early['stopped_at']} (patience {o['patience']}): restored the best "
+                     f"state, step {early['best_step']} (held-out objective {early['best_validation']:.4f})")
+    if o.get("ema"):
+        lines.append(f"EMA of the parameters (decay {o['ema']:g}) in {RunFolder.EMA_PARAMS}: eval and sample use it")
+    if warning:
+        lines.append(warning)
+    folder.write_text(RunFolder.SUMMARY, "\n".join(lines) + "\n")
+    folder.write_json(RunFolder.CONFIG, dict(config, status="completed", wall_s=round(wall, 3),
+                                             **({"warning": warning} if warning else {})))
+    with contextlib.suppress(Exception):  # the report is a convenience; the run's files are written
+        _report.build(folder)
+    speed = session[0] / max(session[1], 1e-9)
+    print(f"trained {o['steps']} steps in {wall:.1f} s ({speed:.0f} steps/s, compilation included)")
+    if held:
+        print(f"held-out objective: {held[0]['held_out_objective']:.4g} at step {held[0]['step']} -> "
+              f"{held[-1]['held_out_objective']:.4g} at step {held[-1]['step']}")
+    if early:
+        print(f"early stopping: best held-out objective at step {early['best_step']} (restored)")
+    print(f"final training objective: {final:.4g}")
+    if warning:
+        print(warning)
+    files = [RunFolder.PARAMS, *([RunFolder.EMA_PARAMS] if o.get("ema") else []), RunFolder.METRICS,
+             RunFolder.LOSS, RunFolder.SUMMARY, RunFolder.CONFIG, RunFolder.CHECKPOINT]
+    print(f"wrote {o['out']}/: {', '.join(files)}")
+
+
 def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, wall: float, session: tuple,
                    quiet: bool, warning: str | None) -> None:
     out, o = setup.options["out"], setup.options
@@ -537,6 +647,13 @@ def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, w
     if held:
         header.append(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.3f} at step {held[0]['step']}, "
                       f"{held[-1]['held_out_elbo']:.3f} at step {held[-1]['step']}")
+    early = config.get("early_stopping")
+    if early:
+        header.append(f"early stopping at step {early['stopped_at']} (patience {o['patience']}): restored the best "
+                      f"state, step {early['best_step']} (held-out ELBO {early['best_validation']:.4f})")
+    if o.get("ema"):
+        header.append(f"EMA of the parameters (decay {o['ema']:g}) in {RunFolder.EMA_PARAMS}; the posterior below "
+                      "uses it")
     if warning:
         header.append(warning)
     header += ["", f"Posterior summary of the guide's draws ({idata.posterior.sizes['draw']} draws; a variational "

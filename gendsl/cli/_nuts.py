@@ -36,9 +36,9 @@ from gendsl.cli._setup import device_context, shapes
 __all__ = ["fit_nuts", "check_method_options", "NUTS_OPTIONS", "SHARED_OPTIONS", "RHAT_LIMIT"]
 
 #: Options only ``--method nuts`` uses.
-NUTS_OPTIONS = ("chains", "warmup", "draws", "target_accept", "chain_method")
+NUTS_OPTIONS = ("chains", "draws", "target_accept", "chain_method")
 #: Options both methods use; every other option is a VI option.
-SHARED_OPTIONS = ("method", "seed", "data", "model", "device", "out")
+SHARED_OPTIONS = ("method", "seed", "data", "model", "device", "out", "warmup")  # warmup: per method
 #: R-hat above this is reported as a warning (Vehtari et al. 2021 recommend 1.01).
 RHAT_LIMIT = 1.01
 
@@ -135,6 +135,8 @@ def diagnostics_table(idata) -> tuple[str, dict]:
 
 def fit_nuts(args, program: Program, options: dict) -> int:
     """Run ``gendsl fit --method nuts`` with resolved ``options``; returns the exit code."""
+    if options.get("warmup") is None:  # --warmup is shared with VI (learning-rate warm-up there)
+        options = dict(options, warmup=1000)
     from gendsl.inference import nuts
 
     quiet = args.quiet

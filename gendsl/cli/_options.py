@@ -193,6 +193,18 @@ FIT_OPTIONS = (
            "learning-rate schedule: constant, or cosine decay to 0 over --steps (default constant)", "NAME"),
     Option("clip", optional(positive_float), None, "clip gradients to this global norm (default: no clipping)",
            "NORM"),
+    Option("ema", optional(open_unit), None,
+           "keep an exponential moving average of the parameters with this decay (e.g. 0.999); eval and sample "
+           "use the EMA weights (ema_params.npz) by default (default: none)", "DECAY"),
+    Option("warmup", optional(natural_int), None,
+           "--method vi: linear learning-rate warm-up from 0 over the first N steps (default 0); --method nuts: "
+           "warm-up (adaptation) iterations per chain (default 1000)", "N"),
+    Option("validate_every", optional(positive_int), None,
+           "evaluate the objective on the held-out split every K steps and keep the best state (needs data() to "
+           "return (train, test)) (default: never)", "K"),
+    Option("patience", optional(positive_int), None,
+           "with --validate-every: stop after M validations without improvement and restore the best state "
+           "(default: never stop early)", "M"),
     Option("seed", natural_int, 0, "random seed (default 0)", "S"),
     Option("chunk_size", positive_int, 100,
            "steps per compiled call; the progress bar, metrics and the non-finite check update once per chunk "
@@ -215,8 +227,6 @@ FIT_OPTIONS = (
            "ELBO or the training objective has worsened by more than 100 times its starting magnitude; without it, "
            "that is a warning in the output and summary.txt", flag=True),
     Option("chains", positive_int, 4, "--method nuts: independent chains (default 4; at least 2 for R-hat)", "C"),
-    Option("warmup", natural_int, 1000, "--method nuts: warm-up (adaptation) iterations per chain (default 1000)",
-           "N"),
     Option("draws", positive_int, 1000, "--method nuts: draws kept per chain after warm-up (default 1000)", "N"),
     Option("target_accept", open_unit, 0.8,
            "--method nuts: target acceptance probability of the step-size adaptation, in (0, 1); raise it (0.9, "

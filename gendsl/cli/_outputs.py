@@ -32,7 +32,7 @@ from gendsl.cli._runfolder import RunFolder
 
 __all__ = ["Metrics", "plot_loss", "posterior", "write_posterior", "write_summary", "summary_table", "COLUMNS"]
 
-COLUMNS = ("step", "objective", "objective_per_point", "held_out_elbo", "wall_s")
+COLUMNS = ("step", "objective", "objective_per_point", "held_out_elbo", "wall_s", "held_out_objective")
 MAX_LATENT_NUMBERS = 2_000_000
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import gendsl
 from gendsl.cli._errors import CLIError, describe
 
-__all__ = ["Data", "Program", "load_program", "load_data", "find_models", "leading_size", "take"]
+__all__ = ["Data", "Kind", "Program", "find_kind", "load_program", "load_data", "find_models", "leading_size", "take"]
 
 
 @dataclasses.dataclass
@@ -361,3 +361,89 @@ def find_models(program: Program, model_name: str | None, guide_name: str | None
 def _observes(program: Program, m: gendsl.Model, name: str, example) -> bool:
     trace = program.call(f"in {name}(data)", jax.eval_shape, lambda x: m.simulate(jax.random.key(0), x), example)
     return bool(trace.observed)
+
+
+# ----------------------------------------------------------------------------- program kinds
+
+
+@dataclasses.dataclass
+class Kind:
+    """What a program trains (``docs/fit.md``, "Program kinds").
+
+    Attributes:
+        kind: ``"vi"`` (a model and a guide), ``"trainable"`` (a ``gendsl.models.Trainable``:
+            its objective, initial parameters, sampler and metric) or ``"objective"`` (an
+            ``Expectation`` alone).
+        name: the program's name for the trainable or the objective (None for ``vi``).
+        trainable: the Trainable object (``trainable`` kind).
+        objective: the ``Expectation`` to maximize (``trainable`` and ``objective`` kinds).
+        init: ``init(key, data) -> params``, or None to start from the objective's own
+            ``init=`` / ``models=`` (``gendsl.inference.init_params``).
+    """
+
+    kind: str
+    name: str | None = None
+    trainable: Any = None
+    objective: Any = None
+    init: Callable | None = None
+
+
+def _trainables(program: Program) -> dict:
+    from gendsl.models import Trainable
+
+    found, ids = {}, set()
+    names = sorted(vars(program.module), key=lambda n: (n != "trainable", n))
+    for name in names:
+        obj = vars(program.module)[name]
+        if name.startswith("_") or isinstance(obj, (type, ModuleType)) or id(obj) in ids:
+            continue
+        if isinstance(obj, Trainable):
+            found[name] = obj
+            ids.add(id(obj))
+    return found
+
+
+def find_kind(program: Program) -> Kind:
+    """The program's kind: a Trainable, an objective alone, or a model and a guide.
+
+    A top-level ``trainable`` (or the one top-level object that is a ``Trainable``) makes the
+    program a ``trainable`` one; an ``objective`` that is an ``Expectation`` in a program
+    without models is an ``objective`` one (its parameters start from the program's
+    ``init_params(key, data)`` or the objective's own ``init=``); anything else is a model
+    and a guide (``find_models``).
+
+    Raises:
+        CLIError: several Trainables, or a Trainable beside models: naming the candidates.
+    """
+    from gendsl.inference import Expectation
+    from gendsl.inference import init_params as library_init
+
+    path = program.path
+    trainables = _trainables(program)
+    models = program.models()
+    listing = ", ".join(f"`{n}`" for n in trainables)
+    if len(trainables) > 1 and "trainable" not in trainables:
+        raise CLIError(f"{path}: several Trainable models ({listing}): keep one, or name the one to train "
+                       "`trainable`")
+    if trainables:
+        name, obj = next(iter(trainables.items()))
+        if models:
+            others = ", ".join(f"`{n}`" for n in models)
+            raise CLIError(f"{path}: both a Trainable ({listing}) and models ({others}): the program kind is "
+                           "ambiguous; keep the Trainable or the model and guide, not both")
+        init = program.get("init_params")
+        if init is library_init:
+            init = None
+        if callable(init) and not isinstance(init, type) and init is not obj.init_params:
+            raise CLIError(f"{path}: both a Trainable (`{name}`) and `init_params`: a Trainable starts from its own "
+                           f"`{name}.init_params`; drop one")
+        return Kind("trainable", name, obj, obj.objective, obj.init_params)
+    objective = program.get("objective")
+    if isinstance(objective, Expectation) and not models and program.get("model") is None:
+        init = program.get("init_params")
+        init = None if init is library_init else init
+        if init is not None and (not callable(init) or isinstance(init, type)):
+            raise CLIError(f"{path}: `init_params` must be a function init_params(key, data) -> params, got "
+                           f"{type(init).__name__}")
+        return Kind("objective", "objective", None, objective, init)
+    return Kind("vi")

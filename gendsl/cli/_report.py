@@ -205,7 +205,11 @@ def build(folder: RunFolder) -> str:
     parts.append('<h2 id="evaluation">Evaluation</h2>')
     ev = _json(folder, RunFolder.EVAL)
     if isinstance(ev, dict):
-        parts.append(_table([(k, v) for k, v in ev.items()]))
+        metrics = ev.get("metrics") if isinstance(ev.get("metrics"), dict) else {}  # a Trainable's metrics
+        rows = [(name, f"{m.get('value'):.6g} ± {m.get('se'):.3g}") for name, m in metrics.items()
+                if isinstance(m, dict) and isinstance(m.get("value"), (int, float)) and isinstance(m.get("se"),
+                                                                                                     (int, float))]
+        parts.append(_table(rows + [(k, v) for k, v in ev.items() if k != "metrics" or not rows]))
     else:
         parts.append(_missing("no eval.json: run `gendsl eval PROGRAM --run RUN`"))
 

@@ -49,6 +49,7 @@ class RunFolder:
     CONFIG = "config.json"
     CHECKPOINT = "checkpoint.npz"
     PARAMS = "params.npz"
+    EMA_PARAMS = "ema_params.npz"
     METRICS = "metrics.csv"
     LOSS = "loss.png"
     POSTERIOR = "posterior.nc"

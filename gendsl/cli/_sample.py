@@ -44,8 +44,14 @@ def _site_values(trace, observed):
 
 def sample(args) -> int:
     """Run ``gendsl sample``; returns the exit code."""
-    run = open_trained(args.program, args.run, args.data)
+    run = open_trained(args.program, args.run, args.data, raw=getattr(args, "raw", False))
     setup, params = run.setup, run.params
+    if setup.kind.kind != "vi":
+        return _sample_direct(args, run)
+    for flag, value in (("--sampling-steps", args.sampling_steps), ("--sampler", args.sampler)):
+        if value is not None:
+            raise CLIError(f"{flag}: applies to a Trainable run (a gendsl.models model); this run trains a model "
+                           "and a guide: drop it")
     n, kind = args.n, args.source
     key = jax.random.key(args.seed)
     observed = setup.program.call(
@@ -129,6 +135,73 @@ def _grid(values: np.ndarray, shape, out: RunFolder, title: str) -> str:
     fig, ax = plt.subplots(figsize=(min(12, 0.6 + cols * 0.7), min(12, 0.9 + rows * 0.7)))
     ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return out.write_bytes(RunFolder.SAMPLES_PNG, buf.getvalue())
+
+
+def _sample_direct(args, run) -> int:
+    """``trainable.sample(params, key, n, **options)``: samples.npz, and a scatter (2-D) or grid (images) PNG."""
+    setup, params, kind = run.setup, run.params, run.setup.kind
+    if kind.kind != "trainable":
+        raise CLIError(f"{args.program}: an objective alone has no sampler; define a gendsl.models Trainable "
+                       "(`trainable = ...`) to sample from the trained parameters")
+    accepts = tuple(getattr(kind.trainable, "sample_options", ()))
+    options = {}
+    for flag, name, value in (("--sampling-steps", "steps", args.sampling_steps),
+                              ("--sampler", "method", args.sampler)):
+        if value is None:
+            continue
+        if name not in accepts:
+            offered = ", ".join(accepts) or "none"
+            raise CLIError(f"{flag}: {type(kind.trainable).__name__}.sample has no `{name}` option (its options: "
+                           f"{offered}); drop {flag}")
+        options[name] = value
+    if args.source != "prior":
+        raise CLIError("--from posterior: a Trainable run has no guide; drop --from")
+    x = setup.program.call(f"in {kind.name}.sample(params, key, n)", kind.trainable.sample, params,
+                           jax.random.key(args.seed), args.n, **options)
+    x = np.asarray(x)
+    out = RunFolder(args.out) if args.out else run.folder
+    out.create()
+    npz = out.write_with(RunFolder.SAMPLES, lambda f: np.savez(f, x=x))
+    weights = ", EMA weights" if run.meta.get("weights") == "ema" else ""
+    shown = "".join(f", {k}={v}" for k, v in options.items())
+    print(f"{args.n} draws from {type(kind.trainable).__name__} `{kind.name}` (step {run.meta.get('step')}{weights}"
+          f"{shown}) -> {npz}")
+    print(f"  x  shape {x.shape!s:<16} mean {x.mean():.4g}  sd {x.std():.4g}")
+    title = f"{os.path.basename(args.program)}: {args.n} draws"
+    train = np.asarray(jax.tree_util.tree_leaves(setup.data.train)[0])
+    if x.ndim == 2 and x.shape[1] == 2:
+        png = _scatter(x, train, out, title)
+        print(f"scatter plot over the training data -> {png}")
+    elif x.ndim >= 2:
+        flat = x.reshape(x.shape[0], -1)
+        shape = args.image_shape
+        if shape is None and x.ndim in (3, 4):
+            shape = x.shape[1:3] if x.ndim == 3 or x.shape[-1] == 1 else None
+        shape = _image_shape(setup.program.get("image_shape"), flat, shape)
+        if shape is not None:
+            lo, hi = float(flat.min()), float(flat.max())
+            png = _grid((flat - lo) / max(hi - lo, 1e-12), shape, out, title + " (scaled to [0, 1])")
+            print(f"image grid -> {png}")
+    return 0
+
+
+def _scatter(x: np.ndarray, data: np.ndarray, out: RunFolder, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if data.ndim == 2 and data.shape[1] == 2:
+        ax.scatter(data[:, 0], data[:, 1], s=3, c="0.75", label="training data")
+    ax.scatter(x[:, 0], x[:, 1], s=3, c="tab:blue", label="samples")
+    ax.legend(loc="best", fontsize=8, markerscale=3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -20,7 +21,7 @@ import gendsl
 from gendsl import GendslError, handlers
 from gendsl.cli import _build
 from gendsl.cli._errors import CLIError
-from gendsl.cli._program import Data, Program, find_models, leading_size, load_data, take
+from gendsl.cli._program import Data, Kind, Program, find_kind, find_models, leading_size, load_data, take
 from gendsl.inference import SVI, AutoNormal, init_params
 
 __all__ = ["Setup", "prepare", "device_context", "shapes"]
@@ -62,16 +63,45 @@ class Setup:
     svi: SVI
     rules: list[str]
     state: Any = None
+    kind: Kind = dataclasses.field(default_factory=lambda: Kind("vi"))
+
+    @property
+    def held_out_column(self) -> str:
+        """The metrics column of the held-out figure: the ELBO (VI) or the training objective (other kinds)."""
+        return "held_out_elbo" if self.kind.kind == "vi" else "held_out_objective"
+
+    def _initial(self, key):
+        if self.kind.init is None:
+            return None
+        return self.program.call(f"in {self.kind.name}.init_params(key, data)" if self.kind.kind == "trainable"
+                                 else "in init_params(key, data)", self.kind.init, key, self.first)
 
     def init_state(self, key):
-        """``svi.init`` on the first minibatch, with program errors reported as one line."""
-        return self.program.call("while initializing the parameters", self.svi.init, key, self.first)
+        """``svi.init`` on the first minibatch, with program errors reported as one line.
+
+        With ``--ema`` the state carries the EMA (started at the initial parameters, as
+        ``SVI.run`` starts it), so a checkpoint template has the same leaves as a saved state.
+        """
+        params = self._initial(key)
+        state = self.program.call("while initializing the parameters", self.svi.init, key, self.first,
+                                  **({"params": params} if params is not None else {}))
+        if self.options.get("ema") is not None and state.ema is None:
+            state = dataclasses.replace(state, ema=state.params)
+        return state
+
+    def params_of(self, state):
+        """The parameters evaluation uses: the EMA weights with ``--ema``, else the trained ones."""
+        if self.options.get("ema") is not None:
+            return self.svi.get_ema_params(state)
+        return self.svi.get_params(state)
 
     def param_template(self, key) -> dict:
         """The constrained parameters' structure (arrays), to load a ``params.npz`` into."""
-        params = self.program.call(
-            "while initializing the parameters", lambda: init_params(self.built.objective, key, self.first)[0]
-        )
+        params = self._initial(key)
+        if params is None:
+            params = self.program.call(
+                "while initializing the parameters", lambda: init_params(self.built.objective, key, self.first)[0]
+            )
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, (int, float)) else x, params)
 
 
@@ -117,6 +147,10 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
             leading_size(data.test, program.path, "test data")
     first = take(data.train, jnp.arange(batch)) if batched else data.train
 
+    _check_training_options(program, options, data)
+    kind = find_kind(program)
+    if kind.kind != "vi":
+        return _prepare_direct(program, options, data, batched, n_train, first, kind, init_key)
     model, guide, model_name, guide_name = find_models(
         program, options["model"], options["guide"], first
     )
@@ -148,7 +182,7 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
                                    per_point, first)
     per_point = built.per_point
     optimizer = _build.build_optimizer(options["optimizer"], options["lr"], options["schedule"], options["steps"],
-                                       options["clip"])
+                                       options["clip"], options.get("warmup"))
     svi = SVI(built.objective, optimizer, samples=built.samples, per_point=built.svi_per_point)
     resolved = dict(options, objective=built.name, particles=built.particles)
     setup = Setup(program, resolved, data, batched, n_train, first, model, guide, trained_guide,
@@ -156,4 +190,39 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
     if init_key is not None:
         setup.state = setup.init_state(init_key)
         program.call("while tracing a training step", jax.eval_shape, svi.step, setup.state, first)
+    return setup
+
+
+def _check_training_options(program: Program, options: dict, data: Data) -> None:
+    """``--validate-every`` needs a held-out split; ``--patience`` needs ``--validate-every``."""
+    if options.get("patience") is not None and options.get("validate_every") is None:
+        raise CLIError(f"--patience {options['patience']}: early stopping needs --validate-every K (how often to "
+                       "evaluate the held-out split); add it, or drop --patience")
+    if options.get("validate_every") is not None and data.test is None:
+        raise CLIError(f"--validate-every {options['validate_every']}: {program.path}'s data() returns no held-out "
+                       "split; return (train, test), or drop --validate-every")
+
+
+def _prepare_direct(program: Program, options: dict, data: Data, batched: bool, n_train, first, kind: Kind,
+                    init_key) -> Setup:
+    """The setup of a Trainable or an objective alone: SVI on the objective, no model or guide."""
+    for name in ("model", "guide", "objective", "particles"):
+        if options.get(name) is not None:
+            flag = "--" + name
+            raise CLIError(f"{flag}: {program.path} is a{'n' if kind.kind == 'objective' else ''} {kind.kind} "
+                           f"program (`{kind.name}`), which has no model/guide choices; drop {flag}")
+    if options["strategy"]:
+        raise CLIError(f"--strategy: {program.path} is a {kind.kind} program (`{kind.name}`); strategies apply to "
+                       "a guide's sites: drop --strategy")
+    optimizer = _build.build_optimizer(options["optimizer"], options["lr"], options["schedule"], options["steps"],
+                                       options["clip"], options.get("warmup"))
+    built = _build.Built(kind.objective, kind.kind if kind.kind == "objective" else f"{kind.name}.objective",
+                         None, 1)
+    svi = SVI(kind.objective, optimizer)
+    resolved = dict(options, objective=None, particles=None)
+    setup = Setup(program, resolved, data, batched, n_train, first, None, None, None, (kind.name, None), built,
+                  False, svi, [], kind=kind)
+    if init_key is not None:
+        setup.state = setup.init_state(init_key)
+        program.call("while tracing a training step", eqx.filter_eval_shape, svi.step, setup.state, first)
     return setup

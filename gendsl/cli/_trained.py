@@ -36,8 +36,11 @@ class TrainedRun:
     meta: dict
 
 
-def open_trained(program_path: str, path: str, data_path: str | None) -> TrainedRun:
+def open_trained(program_path: str, path: str, data_path: str | None, raw: bool = False) -> TrainedRun:
     """Load the run folder ``path``'s config and parameters into the program at ``program_path``.
+
+    For a run fitted with ``--ema``, the parameters are the EMA weights (``ema_params.npz``)
+    unless ``raw``; ``meta["weights"]`` says which (``"ema"`` or ``"params"``).
 
     Raises:
         CLIError: not a run folder, another gendsl version, a damaged or
@@ -59,6 +62,13 @@ def open_trained(program_path: str, path: str, data_path: str | None) -> Trained
         setup = prepare(program, options)
         template = setup.param_template(jax.random.key(0))
         params, meta = folder.load_tree(RunFolder.PARAMS, template, "parameters")
+        meta = dict(meta, weights="params")
+        if options.get("ema") is not None and not raw and folder.has(RunFolder.EMA_PARAMS):
+            ema, ema_meta = folder.load_tree(RunFolder.EMA_PARAMS, template, "EMA parameters")
+            if ema_meta.get("run_id") == meta.get("run_id") and ema_meta.get("step") == meta.get("step"):
+                params, meta = ema, dict(ema_meta, weights="ema")
+            else:
+                continue  # written between the two reads: read both again
         if meta.get("run_id") == config.get("run_id"):
             break
     else:

@@ -217,6 +217,19 @@ CATALOGUE = {
     "eval-one-repeat": Case(argv=("eval", "{prog}", "--run", "{out}", "--repeats", "1"), fragments=("--repeats",)),
     "sample-unknown-flag": Case(argv=("sample", "{prog}", "--run", "{out}", "--bogus"),
                                 fragments=("`gendsl sample --help`",)),
+    # 14: EMA, warm-up, validation-based early stopping
+    "ema-one": Case(**fit("--ema", "1"), fragments=("--ema", "between 0 and 1")),
+    "ema-not-a-number": Case(**fit("--ema", "slow"), fragments=("--ema", "expected a number")),
+    "warmup-negative": Case(**fit("--warmup", "-5"), fragments=("--warmup", "non-negative")),
+    "warmup-as-long-as-the-run": Case(**fit("--warmup", "20", "--steps", "20"),
+                                      fragments=("--warmup 20", "shorter than the run")),
+    "validate-every-zero": Case(**fit("--validate-every", "0"), fragments=("--validate-every", "positive")),
+    "validate-every-without-test-data": Case(**fit("--validate-every", "10"), source=NORMAL_MODELS + GOOD_DATA,
+                                             fragments=("--validate-every 10", "(train, test)")),
+    "patience-without-validate-every": Case(**fit("--patience", "3"), fragments=("--patience 3", "--validate-every")),
+    "patience-zero": Case(**fit("--patience", "0"), fragments=("--patience", "positive")),
+    "resume-changes-ema": Case(**fit("--resume", "--ema", "0.9", run=True), fragments=("--ema 0.9", "differs")),
+    "ema-with-nuts": Case(**fit("--method", "nuts", "--ema", "0.9"), fragments=("--ema", "--method vi")),
 }
 
 
@@ -460,7 +473,8 @@ def _fuzz_call(capsys, monkeypatch, argv):
 
 OPTION_FLAGS = ["--objective", "--particles", "--alpha", "--strategy", "--steps", "--batch-size", "--lr", "--optimizer",
                 "--schedule", "--clip", "--seed", "--chunk-size", "--checkpoint-every", "--per-point",
-                "--posterior-draws", "--posterior-points", "--device", "--model", "--guide", "--data"]
+                "--posterior-draws", "--posterior-points", "--device", "--model", "--guide", "--data", "--ema",
+                "--warmup", "--validate-every", "--patience"]
 VALUES = st.one_of(
     st.sampled_from(["0", "-1", "1", "3", "1e-3", "nan", "inf", "-inf", "", "none", "elbo", "iwelbo", "vimco", "adam",
                      "cosine", "auto", "on", "cpu", "gpu", "enum", "mu=enum", "mu=reparam", "reinforce:loo", "1e400",
