@@ -140,15 +140,19 @@ def test_eight_schools_with_the_automatic_guide(gendsl_cli, tmp_path):
     check_against_reference(out)
 
 
-def test_discrete_mixture_enum_and_reinforce(gendsl_cli, tmp_path):
+# One strategy in the fast suite (each run compiles its own estimator); both train to the same ELBO below.
+@pytest.mark.parametrize("strategy, extra", [
+    ("enum", []),
+    pytest.param("reinforce:loo", ["--particles", 4], marks=pytest.mark.slow),
+])
+def test_discrete_mixture_enum_and_reinforce(gendsl_cli, tmp_path, strategy, extra):
     program = EXAMPLES / "discrete_mixture.py"
-    for strategy, extra in (("enum", []), ("reinforce:loo", ["--particles", 4])):
-        out = tmp_path / strategy.replace(":", "_")
-        result = gendsl_cli("fit", program, "--out", out, "--strategy", strategy, "--steps", 30, "--chunk-size", 10,
-                            *extra, "--quiet")
-        assert result.code == 0, result.err
-        rules = json.loads((out / "config.json").read_text())["resolved"]["strategies"]
-        assert rules[-1].startswith("<non-reparameterizable>=") and ("Enum" in rules[-1]) == (strategy == "enum")
+    out = tmp_path / strategy.replace(":", "_")
+    result = gendsl_cli("fit", program, "--out", out, "--strategy", strategy, "--steps", 30, "--chunk-size", 10,
+                        *extra, "--quiet")
+    assert result.code == 0, result.err
+    rules = json.loads((out / "config.json").read_text())["resolved"]["strategies"]
+    assert rules[-1].startswith("<non-reparameterizable>=") and ("Enum" in rules[-1]) == (strategy == "enum")
 
 
 @pytest.mark.slow

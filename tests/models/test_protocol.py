@@ -54,10 +54,9 @@ def test_model_trains_through_svi_samples_and_evaluates(name):
 def test_vdm_evaluate_is_the_library_bits_per_dim_with_the_same_key():
     vdm = VDM(4, hidden=16, depth=1, key=jax.random.key(1))
     key = jax.random.key(7)
-    for samples in (1, 3):
-        value, se = vdm.evaluate(vdm, LEVELS, key, samples=samples)["bits_per_dim"]
-        np.testing.assert_allclose(value, float(vdm.bits_per_dim(key, LEVELS, samples=samples)), rtol=1e-5)
-        assert 0 < se < abs(value)
+    value, se = vdm.evaluate(vdm, LEVELS, key, samples=3)["bits_per_dim"]
+    np.testing.assert_allclose(value, float(vdm.bits_per_dim(key, LEVELS, samples=3)), rtol=1e-5)
+    assert 0 < se < abs(value)
 
 
 def test_flow_exact_nll_of_gaussian_data_is_the_closed_form():
