@@ -119,6 +119,7 @@ def check_against_reference(out):
         assert 0.6 < ratio < 1.2, (name, ratio)
 
 
+@pytest.mark.slow  # a full training run; the fast suite checks fit's VI against an exact posterior (test_fit.py)
 def test_eight_schools_matches_the_reference_posterior(gendsl_cli, tmp_path):
     """Mean-field VI with the example's defaults: means within 0.3 reference sd, sds within 0.6-1.2x.
 
