@@ -17,7 +17,7 @@ from gendsl.inference._autoguide import (
 )
 from gendsl.inference._autoguide_flows import AutoBNAFNormal, AutoFlow, AutoIAFNormal
 from gendsl.inference._enum import ENUM, Enum
-from gendsl.inference._evaluate import BoundEstimates, evaluate_bounds
+from gendsl.inference._evaluate import BoundEstimates, evaluate_bounds, held_out_estimate
 from gendsl.inference._expectation import Expectation, expectation
 from gendsl.inference._language import baselines, density, repeat, sim
 from gendsl.inference._marginal import Marginal, Normalized, marginal, normalize
@@ -64,6 +64,7 @@ __all__ = [
     "Site",
     "common_plate",
     "evaluate_bounds",
+    "held_out_estimate",
     "init_params",
     "ENUM",
     "MVD",

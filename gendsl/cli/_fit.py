@@ -38,19 +38,17 @@ import sys
 import time
 import uuid
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import gendsl
 from gendsl.cli import _nuts, _options, _outputs, _report
 from gendsl.cli._checkpoint import read_meta
 from gendsl.cli._errors import CLIError, TrainingStopped
-from gendsl.cli._program import load_program, take
+from gendsl.cli._program import load_program
 from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._setup import Setup, device_context, prepare, shapes
-from gendsl.inference import DivergenceError, NonFiniteError, elbo
+from gendsl.inference import DivergenceError, NonFiniteError, elbo, held_out_estimate
 
 __all__ = ["fit", "versions", "RESUMABLE"]
 
@@ -171,28 +169,18 @@ class _Signals:
 
 
 def _held_out(setup: Setup, key):
-    """``f(params) -> held-out ELBO`` (per data point with --batch-size), or None without test data."""
-    test = setup.data.test
-    if test is None:
+    """``f(params) -> held-out figure`` (``gendsl.inference.held_out_estimate``), or None without test data.
+
+    VI runs: the ELBO (per data point with --batch-size); other kinds: their training objective
+    (already a mean per point). Up to 1,000 held-out points.
+    """
+    if setup.data.test is None:
         return None
     if setup.kind.kind != "vi":
-        # The training objective on (up to 1000 points of) the held-out split, with the same key each time.
-        if jax.tree_util.tree_leaves(test)[0].ndim:
-            n = min(jax.tree_util.tree_leaves(test)[0].shape[0], 1000)
-            test = take(test, jnp.arange(n))
-        objective = setup.built.objective
-        direct = eqx.filter_jit(lambda p, x: objective.estimate(key, p, x, samples=4))
-        return lambda params: float(direct(params, test))
-    if setup.batched:
-        n = min(jax.tree_util.tree_leaves(test)[0].shape[0], 1000)
-        test = take(test, jnp.arange(n))
-        samples, scale = 10, 1.0 / n
-    else:
-        samples, scale = 100, 1.0
-    objective = elbo(setup.model, setup.guide)
-    # The same key at every evaluation: common random numbers make the curve smooth.
-    estimate = jax.jit(lambda p, x: objective.estimate(key, p, x, samples=samples) * scale)
-    return lambda params: float(estimate(params, test))
+        return held_out_estimate(setup.built.objective, key, setup.data.test, samples=4)
+    samples = 10 if setup.batched else 100
+    return held_out_estimate(elbo(setup.model, setup.guide), key, setup.data.test, samples=samples,
+                             limit=1000 if setup.batched else None, per_point=setup.batched)
 
 
 def fit(args) -> int:
