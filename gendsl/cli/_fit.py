@@ -571,25 +571,17 @@ def _write_direct_outputs(setup: Setup, folder: RunFolder, rows, config, wall: f
     """Outputs of a Trainable or objective run: loss plot, summary.txt, config.json, report (no posterior)."""
     o = setup.options
     _outputs.plot_loss(rows, folder, _title(setup))
-    trained = [r for r in rows if r.get("objective") is not None]
-    tail = trained[-max(1, len(trained) // 20):]
-    final = float(np.mean([r["objective"] for r in tail])) if tail else float("nan")
+    final, n_tail = _final_objective(rows, "objective")
     held = [r for r in rows if r.get("held_out_objective") is not None]
     lines = [f"gendsl fit {setup.program.path}  (gendsl {gendsl.__version__})",
              _banner(setup, 0).splitlines()[1].strip() + f"; {o['steps']} steps; {wall:.1f} s of training",
              f"optimizer {o['optimizer']} lr {o['lr']:g} ({o['schedule']}{_training_line(o)})",
-             f"final objective (mean of the last {len(tail)} steps): {final:.4f}"]
+             f"final objective (mean of the last {n_tail} steps): {final:.4f}"]
     if held:
         lines.append(f"held-out objective: {held[0]['held_out_objective']:.4f} at step {held[0]['step']}, "
                      f"{held[-1]['held_out_objective']:.4f} at step {held[-1]['step']}")
     early = config.get("early_stopping")
-    if early:
-        lines.append(f"early stopping at step {early['stopped_at']} (patience {o['patience']}): restored the best "
-                     f"state, step {early['best_step']} (held-out objective {early['best_validation']:.4f})")
-    if o.get("ema"):
-        lines.append(f"EMA of the parameters (decay {o['ema']:g}) in {RunFolder.EMA_PARAMS}: eval and sample use it")
-    if warning:
-        lines.append(warning)
+    lines += _closing_lines(config, o, "held-out objective", ": eval and sample use it", warning)
     folder.write_text(RunFolder.SUMMARY, "\n".join(lines) + "\n")
     folder.write_json(RunFolder.CONFIG, dict(config, status="completed", wall_s=round(wall, 3),
                                              **({"warning": warning} if warning else {})))
@@ -610,6 +602,27 @@ def _write_direct_outputs(setup: Setup, folder: RunFolder, rows, config, wall: f
     print(f"wrote {o['out']}/: {', '.join(files)}")
 
 
+def _final_objective(rows, column: str) -> tuple[float, int]:
+    """The mean of ``column`` over the last twentieth of the training steps, and how many steps that is."""
+    trained = [r for r in rows if r.get("objective") is not None]
+    tail = trained[-max(1, len(trained) // 20):]
+    return (float(np.mean([r[column] for r in tail])) if tail else float("nan")), len(tail)
+
+
+def _closing_lines(config, o, figure: str, ema_use: str, warning: str | None) -> list[str]:
+    """summary.txt's lines on early stopping, the EMA file and a divergence warning (every run kind)."""
+    lines = []
+    early = config.get("early_stopping")
+    if early:
+        lines.append(f"early stopping at step {early['stopped_at']} (patience {o['patience']}): restored the best "
+                     f"state, step {early['best_step']} ({figure} {early['best_validation']:.4f})")
+    if o.get("ema"):
+        lines.append(f"EMA of the parameters (decay {o['ema']:g}) in {RunFolder.EMA_PARAMS}{ema_use}")
+    if warning:
+        lines.append(warning)
+    return lines
+
+
 def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, wall: float, session: tuple,
                    quiet: bool, warning: str | None) -> None:
     out, o = setup.options["out"], setup.options
@@ -618,32 +631,21 @@ def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, w
     idata, covered, notes = _outputs.posterior(setup, params, key, o["posterior_draws"], o["posterior_points"])
     _outputs.write_posterior(idata, folder)
     table, more = _outputs.summary_table(idata, covered)
-    trained = [r for r in rows if r.get("objective") is not None]
-    tail = trained[-max(1, len(trained) // 20):]
-    key_name = "objective_per_point" if o["batch_size"] else "objective"
-    final = float(np.mean([r[key_name] for r in tail])) if tail else float("nan")
+    final, n_tail = _final_objective(rows, "objective_per_point" if o["batch_size"] else "objective")
     held = [r for r in rows if r.get("held_out_elbo") is not None]
     header = [
         f"gendsl fit {setup.program.path}  (gendsl {gendsl.__version__})",
         f"model `{setup.names[0]}`, guide `{setup.names[1]}`; objective {setup.built.name}"
         + (f", K={setup.built.particles}" if setup.built.particles else "")
         + f"; {o['steps']} steps; {wall:.1f} s of training",
-        f"final objective{' per data point' if o['batch_size'] else ''} (mean of the last {len(tail)} steps): "
+        f"final objective{' per data point' if o['batch_size'] else ''} (mean of the last {n_tail} steps): "
         f"{final:.4f}",
     ]
     per = " per data point" if setup.batched else ""
     if held:
         header.append(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.3f} at step {held[0]['step']}, "
                       f"{held[-1]['held_out_elbo']:.3f} at step {held[-1]['step']}")
-    early = config.get("early_stopping")
-    if early:
-        header.append(f"early stopping at step {early['stopped_at']} (patience {o['patience']}): restored the best "
-                      f"state, step {early['best_step']} (held-out ELBO {early['best_validation']:.4f})")
-    if o.get("ema"):
-        header.append(f"EMA of the parameters (decay {o['ema']:g}) in {RunFolder.EMA_PARAMS}; the posterior below "
-                      "uses it")
-    if warning:
-        header.append(warning)
+    header += _closing_lines(config, o, "held-out ELBO", "; the posterior below uses it", warning)
     header += ["", f"Posterior summary of the guide's draws ({idata.posterior.sizes['draw']} draws; a variational "
                "approximation, so no r_hat / ESS):"]
     _outputs.write_summary(folder, header, table, notes + more)
