@@ -28,6 +28,7 @@ import numpy as np
 
 from gendsl.cli._checkpoint import atomic_write
 from gendsl.cli._program import take
+from gendsl.cli._report import png
 from gendsl.cli._runfolder import RunFolder
 
 __all__ = ["Metrics", "plot_loss", "posterior", "write_posterior", "write_summary", "summary_table", "COLUMNS"]
@@ -142,10 +143,7 @@ def plot_loss(rows: list[dict], folder: RunFolder, title: str) -> None:
         ax2.set_title("held-out ELBO", fontsize=10)
         ax2.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    folder.write_bytes(RunFolder.LOSS, buf.getvalue())
+    folder.write_bytes(RunFolder.LOSS, png(fig, dpi=110))
 
 
 # ----------------------------------------------------------------------------- posterior.nc

@@ -45,12 +45,12 @@ img { max-width: 100%; } .missing { color: #777; font-style: italic; }
 """
 
 
-def png(fig) -> bytes:
+def png(fig, dpi: int = 100) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
 

@@ -16,7 +16,6 @@ probabilities, for Bernoulli pixels), which shows more than binary draws.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 
@@ -27,6 +26,7 @@ import numpy as np
 from gendsl import handlers
 from gendsl.cli._errors import CLIError
 from gendsl.cli._program import take
+from gendsl.cli._report import png
 from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._trained import open_trained
 
@@ -137,10 +137,7 @@ def _grid(values: np.ndarray, shape, out: RunFolder, title: str) -> str:
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return out.write_bytes(RunFolder.SAMPLES_PNG, buf.getvalue())
+    return out.write_bytes(RunFolder.SAMPLES_PNG, png(fig, dpi=110))
 
 
 def _sample_direct(args, run) -> int:
@@ -204,7 +201,4 @@ def _scatter(x: np.ndarray, data: np.ndarray, out: RunFolder, title: str) -> str
     ax.legend(loc="best", fontsize=8, markerscale=3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return out.write_bytes(RunFolder.SAMPLES_PNG, buf.getvalue())
+    return out.write_bytes(RunFolder.SAMPLES_PNG, png(fig, dpi=110))
