@@ -1,7 +1,7 @@
 """Models from the literature written as gendsl programs (installed as gendsl.models)."""
 
 from gendsl.models._nets import TimeMLP
-from gendsl.models._protocol import Trainable, density_metrics, mean_and_error, mmd_with_error
+from gendsl.models._protocol import Trainable, density_metrics, divergence_options, mean_and_error, mmd_with_error
 from gendsl.models.air import AIR, AIRConfig, make_air
 from gendsl.models.ddpm import DDPM, linear_alpha_bar, vp_forward, vp_reverse
 from gendsl.models.diffusevae import DiffuseVAE
@@ -14,6 +14,7 @@ __all__ = [
     # the protocol every paper model implements, and its metrics
     "Trainable",
     "density_metrics",
+    "divergence_options",
     "mean_and_error",
     "mmd_with_error",
     # structured latent-variable models: Attend-Infer-Repeat

@@ -32,7 +32,8 @@ import numpy as np
 from gendsl.inference import Expectation
 from gendsl.inference.diffusion import denoiser_velocity, ode_log_likelihood
 
-__all__ = ["Trainable", "density_metrics", "mean_and_error", "mmd_with_error", "sigma_ode_log_likelihood"]
+__all__ = ["Trainable", "density_metrics", "divergence_options", "mean_and_error", "mmd_with_error",
+           "sigma_ode_log_likelihood"]
 
 
 @runtime_checkable
@@ -167,3 +168,31 @@ def density_metrics(log_prob: Callable, data, key, draw: Callable) -> dict[str, 
     if data.ndim == 2 and data.shape[1] == 2:
         out["mmd"] = mmd_with_error(np.asarray(draw(key, data.shape[0])), np.asarray(data))
     return out
+
+
+def divergence_options(key, probes: int | None, options: dict) -> tuple[jax.Array, dict]:
+    """``evaluate``'s choice of divergence for an ODE likelihood: exact, or Hutchinson with ``probes`` probes.
+
+    Args:
+        key: the ``evaluate`` key.
+        probes: None for the exact divergence (the Jacobian's trace); a positive int for
+            Hutchinson's unbiased estimate with that many Rademacher probes per point.
+        options: the other ``ode_log_likelihood`` options.
+
+    Returns:
+        ``(key, options)``: the key left for the rest of the evaluation (e.g. the MMD's
+        samples) and the options with ``divergence``, ``key`` and ``probes`` set.
+
+    Example:
+        >>> import jax
+        >>> key, options = divergence_options(jax.random.key(0), 4, {})
+        >>> options["divergence"], options["probes"]
+        ('hutchinson', 4)
+    """
+    if probes is None:
+        return key, options
+    if not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"evaluate: probes must be a positive int (Hutchinson probes per point) or None, "
+                         f"got {probes!r}")
+    key, k_probes = jax.random.split(key)
+    return key, {**options, "divergence": "hutchinson", "key": k_probes, "probes": probes}

@@ -20,7 +20,7 @@ from jax.scipy.stats import norm
 
 from gendsl.inference.diffusion import edm_denoise, edm_objective, edm_sample, karras_sigmas
 from gendsl.models._nets import TimeMLP
-from gendsl.models._protocol import density_metrics, sigma_ode_log_likelihood
+from gendsl.models._protocol import density_metrics, divergence_options, sigma_ode_log_likelihood
 
 __all__ = ["EDM"]
 
@@ -84,17 +84,19 @@ class EDM(eqx.Module):
         return self
 
     def evaluate(self, params: EDM, data, key, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 **options) -> dict:
+                 probes: int | None = None, **options) -> dict:
         """Exact negative log-likelihood of held-out ``data`` (nats per point) by the probability-flow ODE.
 
         Integrates ``dx/dsigma = (x - D(x, sigma)) / sigma`` from ``sigma_min`` to ``sigma_max``
         and scores the end under ``N(0, sigma_max^2)`` (``sigma_ode_log_likelihood``; options
-        such as ``divergence="hutchinson"`` go to ``ode_log_likelihood``). For 2-D data it also
+        go to ``ode_log_likelihood``; ``probes`` as in ``divergence_options``). For 2-D data it also
         reports the MMD of ``len(data)`` samples against ``data`` (``mmd_with_error``).
 
         Returns:
             ``{"nll": (nats, standard_error), "bits_per_dim": ..., ["mmd": ...]}``.
         """
+        key, options = divergence_options(key, probes, options)
+
         def log_prob(x):
             return _log_prob(params, x, sigma_min, sigma_max, options)
 

@@ -30,7 +30,7 @@ import gendsl
 from gendsl.inference import SVI, init_params
 from gendsl.inference.diffusion import flow_matching, linear_path, ode_log_likelihood, ode_solve
 from gendsl.models._nets import TimeMLP
-from gendsl.models._protocol import density_metrics
+from gendsl.models._protocol import density_metrics, divergence_options
 
 __all__ = ["FlowMatching", "coupling_path", "energy_distance", "mmd"]
 
@@ -126,13 +126,16 @@ class FlowMatching:
         """The ``Trainable`` initial parameters (the velocity network, initialized on one data point)."""
         return init_params(self.objective, key, jax.tree_util.tree_map(lambda a: a[:1], data))[0]
 
-    def evaluate(self, params, data, key, **options) -> dict:
+    def evaluate(self, params, data, key, *, probes: int | None = None, **options) -> dict:
         """Exact negative log-likelihood of held-out ``data`` (``log_prob``), and the MMD for 2-D data.
 
-        ``options`` go to ``ode_log_likelihood`` (``divergence="hutchinson"`` with ``key=``,
-        tolerances). Returns ``density_metrics``: ``{"nll": (nats per point, standard error),
+        ``probes``: None for the exact divergence, or the number of Hutchinson probes per point
+        (``divergence_options``); ``options`` go to ``ode_log_likelihood`` (tolerances).
+        Returns ``density_metrics``: ``{"nll": (nats per point, standard error),
         "bits_per_dim": ..., ["mmd": (value, standard error)]}``.
         """
+        key, options = divergence_options(key, probes, options)
+
         def draw(k, n):
             return self.sample(params, k, n)
 

@@ -25,7 +25,7 @@ import gendsl
 from gendsl.inference import SVI, init_params
 from gendsl.inference.diffusion import PFGMPPKernel, denoiser_velocity, ode_solve, pfgmpp_objective, pfgmpp_r
 from gendsl.models._nets import TimeMLP
-from gendsl.models._protocol import density_metrics, sigma_ode_log_likelihood
+from gendsl.models._protocol import density_metrics, divergence_options, sigma_ode_log_likelihood
 
 __all__ = ["PFGMPP", "edm_sigmas"]
 
@@ -106,12 +106,17 @@ class PFGMPP:
         """
         return _log_prob(self, params, x, options)
 
-    def evaluate(self, params, data, key, **options) -> dict:
+    def evaluate(self, params, data, key, *, probes: int | None = None, **options) -> dict:
         """Exact negative log-likelihood of held-out ``data`` (``log_prob``), and the MMD for 2-D data.
+
+        ``probes``: None for the exact divergence, or the number of Hutchinson probes per point
+        (``divergence_options``); ``options`` go to ``ode_log_likelihood``.
 
         Returns ``density_metrics``: ``{"nll": (nats per point, standard error),
         "bits_per_dim": ..., ["mmd": (value, standard error)]}``.
         """
+        key, options = divergence_options(key, probes, options)
+
         def draw(k, n):
             return self.sample(params, k, n)
 
