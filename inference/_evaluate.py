@@ -96,13 +96,15 @@ def evaluate_bounds(model, guide, params: dict, data, *, key, particles: int = 1
 
 
 def held_out_estimate(objective, key, data, *, samples: int = 10, limit: int | None = 1000,
-                      per_point: bool = False):
+                      per_point: bool = False, pointwise: bool = False):
     """``f(params) -> float``: ``objective`` on held-out ``data``, with the same key at every call.
 
     For a curve of the held-out objective during training: common random numbers (one key) make
     successive values differ by the parameters' change, not by fresh noise. The estimate is
     compiled once; ``limit`` caps the number of data points (the leading axis; None: all), and
-    ``per_point`` divides by their number (for a bound that sums over points).
+    ``per_point`` divides by their number (for a bound that sums over points). ``pointwise``
+    is for an objective of one data point (as trained with ``SVI(per_point=True)``): it is
+    estimated at each point with a key of its own and the mean is returned.
 
     Example:
         >>> import jax, jax.numpy as jnp, gendsl, gendsl.distributions as dist
@@ -125,5 +127,12 @@ def held_out_estimate(objective, key, data, *, samples: int = 10, limit: int | N
         n = limit
     scale = 1.0 / n if per_point and n else 1.0
     key = as_key(key)
-    estimate = eqx.filter_jit(lambda p, x: objective.estimate(key, p, x, samples=samples) * scale)
+    if pointwise:
+        if n is None:
+            raise ValueError("held_out_estimate: pointwise=True needs data with a leading data-point axis")
+        keys = jax.random.split(key, n)
+        estimate = eqx.filter_jit(lambda p, x: jnp.mean(
+            jax.vmap(lambda k, xi: objective.estimate(k, p, xi, samples=samples))(keys, x)))
+    else:
+        estimate = eqx.filter_jit(lambda p, x: objective.estimate(key, p, x, samples=samples) * scale)
     return lambda params: float(estimate(params, data))

@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", default=None, metavar="NAME",
                         help="a Trainable run: the sampler (its `method` option, e.g. ancestral, ddim, heun, ode; "
                              "default: the model's)")
+    sample.add_argument("--class", dest="label", type=_natural, default=None, metavar="C",
+                        help="a class-conditional Trainable run: draw class C (its `labels` option)")
+    sample.add_argument("--guidance-scale", type=_nonnegative, default=None, metavar="W",
+                        help="a class-conditional Trainable run: classifier-free guidance weight W (its `guidance` "
+                             "option; 0: none, the default)")
     sample.add_argument("--raw", action="store_true",
                         help="use the trained parameters (params.npz), not their EMA (ema_params.npz, the default "
                              "for runs fitted with --ema)")
@@ -152,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--raw", action="store_true",
                     help="use the trained parameters (params.npz), not their EMA (ema_params.npz, the default for "
                          "runs fitted with --ema)")
+    divergence = ev.add_mutually_exclusive_group()
+    divergence.add_argument("--exact", action="store_true",
+                            help="an ODE likelihood (flows, PFGM++, EDM): the exact divergence, the Jacobian's trace "
+                                 "(the default)")
+    divergence.add_argument("--probes", type=_positive, default=None, metavar="N",
+                            help="an ODE likelihood: Hutchinson's unbiased divergence estimate with N Rademacher "
+                                 "probes per point instead (cheaper in high dimension)")
     _common(ev)
     ev.set_defaults(func=_command_eval)
 
@@ -201,6 +213,15 @@ def _repeats(text):
     if value < 2:
         raise argparse.ArgumentTypeError("expected at least 2 (the standard error needs two estimates)")
     return value
+
+
+def _nonnegative(text):
+    from gendsl.cli._options import nonnegative_float
+
+    try:
+        return nonnegative_float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _natural(text):

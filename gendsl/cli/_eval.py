@@ -12,12 +12,14 @@ its Monte-Carlo standard error.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 
+from gendsl.cli._errors import CLIError
 from gendsl.cli._program import take
 from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._trained import open_trained
@@ -38,6 +40,10 @@ def evaluate(args) -> int:
         print("note: the program's data() has no test split; evaluating on the training data")
     if setup.kind.kind != "vi":
         return _evaluate_direct(args, run, data, split)
+    for flag, given in (("--probes", args.probes), ("--exact", args.exact)):
+        if given:
+            raise CLIError(f"{flag}: applies to a Trainable run with an ODE likelihood (flows, PFGM++, EDM); this "
+                           "run trains a model and a guide, evaluated by its ELBO and IWAE bound: drop it")
     K, S, R = args.particles, args.samples, args.repeats
     if setup.batched and args.limit:
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -75,6 +81,18 @@ def evaluate(args) -> int:
     return 0
 
 
+def _evaluate_options(args, kind) -> dict:
+    """``evaluate``'s keyword options from the command line: ``probes`` (Hutchinson) where the model has it."""
+    if args.probes is None and not args.exact:
+        return {}
+    takes = "probes" in inspect.signature(kind.trainable.evaluate).parameters
+    if not takes:
+        flag = "--exact" if args.exact else f"--probes {args.probes}"
+        raise CLIError(f"{flag}: {type(kind.trainable).__name__}.evaluate has no ODE likelihood to choose a divergence "
+                       "for (flows, PFGM++ and EDM have); drop it")
+    return {"probes": args.probes} if args.probes is not None else {}
+
+
 def _evaluate_direct(args, run, data, split: str) -> int:
     """A Trainable's own metric (``trainable.evaluate``), or an objective's held-out value, with standard errors."""
     import numpy as np
@@ -88,10 +106,17 @@ def _evaluate_direct(args, run, data, split: str) -> int:
     t0 = time.perf_counter()
     kind = setup.kind
     if kind.kind == "trainable":
+        options = _evaluate_options(args, kind)
         metrics = setup.program.call(f"in {kind.name}.evaluate(params, data, key)", kind.trainable.evaluate,
-                                     params, data, key)
+                                     params, data, key, **options)
         what = f"{type(kind.trainable).__name__}.evaluate"
+        if options.get("probes"):
+            what += f" (Hutchinson divergence, {options['probes']} probes per point)"
     else:
+        for flag, given in (("--probes", args.probes), ("--exact", args.exact)):
+            if given:
+                raise CLIError(f"{flag}: applies to a Trainable with an ODE likelihood; `{kind.name}` is an objective "
+                               "alone, evaluated by its own value: drop it")
         # An objective alone has no metric of its own: its value on the split, --repeats estimates.
         objective = setup.built.objective
         keys = jax.random.split(key, args.repeats)

@@ -177,7 +177,8 @@ def _held_out(setup: Setup, key):
     if setup.data.test is None:
         return None
     if setup.kind.kind != "vi":
-        return held_out_estimate(setup.built.objective, key, setup.data.test, samples=4)
+        return held_out_estimate(setup.built.objective, key, setup.data.test, samples=4,
+                                 pointwise=setup.built.svi_per_point)
     samples = 10 if setup.batched else 100
     return held_out_estimate(elbo(setup.model, setup.guide), key, setup.data.test, samples=samples,
                              limit=1000 if setup.batched else None, per_point=setup.batched)

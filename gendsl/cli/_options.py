@@ -77,6 +77,14 @@ def positive_float(value) -> float:
     return number
 
 
+def nonnegative_float(value) -> float:
+    """A finite float >= 0."""
+    number = _float(value)
+    if not number >= 0 or not math.isfinite(number):
+        raise ValueError(f"expected a non-negative finite number, got {show(value)}")
+    return number
+
+
 def open_unit(value) -> float:
     """A float strictly between 0 and 1."""
     number = _float(value)

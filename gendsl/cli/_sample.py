@@ -48,7 +48,7 @@ def sample(args) -> int:
     setup, params = run.setup, run.params
     if setup.kind.kind != "vi":
         return _sample_direct(args, run)
-    for flag, value in (("--sampling-steps", args.sampling_steps), ("--sampler", args.sampler)):
+    for flag, value, _ in _TRAINABLE_FLAGS(args):
         if value is not None:
             raise CLIError(f"{flag}: applies to a Trainable run (a gendsl.models model); this run trains a model "
                            "and a guide: drop it")
@@ -140,6 +140,12 @@ def _grid(values: np.ndarray, shape, out: RunFolder, title: str) -> str:
     return out.write_bytes(RunFolder.SAMPLES_PNG, png(fig, dpi=110))
 
 
+def _TRAINABLE_FLAGS(args):
+    """The sampler flags of a Trainable run: ``(flag, value, the sample() option it sets)``."""
+    return (("--sampling-steps", args.sampling_steps, "steps"), ("--sampler", args.sampler, "method"),
+            ("--class", args.label, "labels"), ("--guidance-scale", args.guidance_scale, "guidance"))
+
+
 def _sample_direct(args, run) -> int:
     """``trainable.sample(params, key, n, **options)``: samples.npz, and a scatter (2-D) or grid (images) PNG."""
     setup, params, kind = run.setup, run.params, run.setup.kind
@@ -148,8 +154,7 @@ def _sample_direct(args, run) -> int:
                        "(`trainable = ...`) to sample from the trained parameters")
     accepts = tuple(getattr(kind.trainable, "sample_options", ()))
     options = {}
-    for flag, name, value in (("--sampling-steps", "steps", args.sampling_steps),
-                              ("--sampler", "method", args.sampler)):
+    for flag, value, name in _TRAINABLE_FLAGS(args):
         if value is None:
             continue
         if name not in accepts:
@@ -159,6 +164,14 @@ def _sample_direct(args, run) -> int:
         options[name] = value
     if args.source != "prior":
         raise CLIError("--from posterior: a Trainable run has no guide; drop --from")
+    classes = getattr(kind.trainable, "num_classes", None)
+    if classes is not None and args.label is None and "labels" in accepts:
+        raise CLIError(f"{type(kind.trainable).__name__} `{kind.name}` is class-conditional (classes "
+                       f"0..{classes - 1}): pass --class C (and optionally --guidance-scale W)")
+    if classes is not None and args.label is not None and args.label >= classes:
+        raise CLIError(f"--class {args.label}: `{kind.name}` has classes 0..{classes - 1}")
+    if args.guidance_scale is not None and args.label is None and "guidance" in accepts:
+        raise CLIError(f"--guidance-scale {args.guidance_scale:g}: guidance steers toward a class; add --class C")
     x = setup.program.call(f"in {kind.name}.sample(params, key, n)", kind.trainable.sample, params,
                            jax.random.key(args.seed), args.n, **options)
     x = np.asarray(x)
@@ -166,7 +179,7 @@ def _sample_direct(args, run) -> int:
     out.create()
     npz = out.write_with(RunFolder.SAMPLES, lambda f: np.savez(f, x=x))
     weights = ", EMA weights" if run.meta.get("weights") == "ema" else ""
-    shown = "".join(f", {k}={v}" for k, v in options.items())
+    shown = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in options.items())
     print(f"{args.n} draws from {type(kind.trainable).__name__} `{kind.name}` (step {run.meta.get('step')}{weights}"
           f"{shown}) -> {npz}")
     print(f"  x  shape {x.shape!s:<16} mean {x.mean():.4g}  sd {x.std():.4g}")

@@ -216,9 +216,15 @@ def _prepare_direct(program: Program, options: dict, data: Data, batched: bool, 
                        "a guide's sites: drop --strategy")
     optimizer = _build.build_optimizer(options["optimizer"], options["lr"], options["schedule"], options["steps"],
                                        options["clip"], options.get("warmup"))
+    # A Trainable whose objective is of one data point (per_point = True, e.g. AIR) trains on the sum over the
+    # minibatch, as SVI(per_point=True) computes it.
+    pointwise = bool(getattr(kind.trainable, "per_point", False))
+    if pointwise and not batched:
+        raise CLIError(f"{program.path}: `{kind.name}`'s objective is of one data point (per_point); give "
+                       "--batch-size B (or `batch_size` in defaults) to train on minibatches of points")
     built = _build.Built(kind.objective, kind.kind if kind.kind == "objective" else f"{kind.name}.objective",
-                         None, 1)
-    svi = SVI(kind.objective, optimizer)
+                         None, 1, pointwise, pointwise)
+    svi = SVI(kind.objective, optimizer, per_point=pointwise)
     resolved = dict(options, objective=None, particles=None)
     setup = Setup(program, resolved, data, batched, n_train, first, None, None, None, (kind.name, None), built,
                   False, svi, [], kind=kind)

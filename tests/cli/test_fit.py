@@ -13,7 +13,7 @@ import pytest
 import gendsl
 from gendsl.cli._checkpoint import read_meta, save_tree
 
-from .cli_helpers import PROGRAMS, listing
+from .cli_helpers import PROGRAMS, assert_one_line, listing
 
 
 def arrays(path):
@@ -99,6 +99,8 @@ def test_sample_and_eval(normal_run, gendsl_cli):
     # Whole-data-set numbers (no minibatches): IWAE-20 >= ELBO up to noise; both near log p(test data).
     assert report["split"] == "test" and report["iwae_20"] >= report["elbo"] - 3 * report["elbo_se"]
     assert -30 < report["elbo"] < -5
+    assert_one_line(gendsl_cli("eval", program, "--run", normal_run, "--probes", 4), "--probes", "model and a guide")
+    assert_one_line(gendsl_cli("sample", program, "--run", normal_run, "--class", 1), "--class", "Trainable run")
 
 
 def test_existing_run_is_not_overwritten(normal_run, gendsl_cli, tmp_path):

@@ -83,6 +83,17 @@ def test_trainable_fit_eval_sample_with_ema(trained, gendsl_cli):
     assert _arrays(out / "samples.npz")["x"].shape == (30, 2)
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
     assert_one_line(gendsl_cli("sample", prog, "--run", out, "--sampler", "ddim"), "--sampler", "no `method`")
+    assert_one_line(gendsl_cli("sample", prog, "--run", out, "--class", "1"), "--class", "no `labels`")
+    assert gendsl_cli("sample", prog, "--run", out, "--guidance-scale", "-1").code == 2
+    assert gendsl_cli("eval", prog, "--run", out, "--exact", "--probes", "2").code == 2
+
+    # Hutchinson's divergence with 3 probes: the same points, an unbiased estimate of the exact log-likelihood.
+    exact = json.loads((out / "eval.json").read_text())["metrics"]["nll"]
+    r = gendsl_cli("eval", prog, "--run", out, "--limit", "10", "--probes", "3")
+    assert r.code == 0, r.err
+    assert "Hutchinson divergence, 3 probes" in r.out
+    hutchinson = json.loads((out / "eval.json").read_text())["metrics"]["nll"]
+    assert hutchinson["value"] != exact["value"] and abs(hutchinson["value"] - exact["value"]) < 4 * hutchinson["se"]
 
 
 @pytest.mark.slow

@@ -125,3 +125,20 @@ def test_an_equinox_module_is_its_own_parameters():
     assert isinstance(result.params, Line) and result.params.name == "line"
     assert abs(float(result.params.w) - 2.0) < 0.05
     assert isinstance(result.ema_params, Line)
+
+
+def test_held_out_estimate_of_a_one_point_objective_is_the_mean_over_points():
+    from gendsl.inference import held_out_estimate, sim
+
+    @gendsl.model
+    def noise(x):
+        return gendsl.sample("e", dist.Normal(0.0, 1.0))
+
+    # E[-(x - mu + e)^2] = -(x - mu)^2 - 1 per point; the mean over points of the one-point estimates with
+    # 2,000 samples each has a standard error of about sqrt(Var[(x - mu + e)^2] / (2000 n)) < 0.02 here.
+    obj = expectation(lambda p, x: -((x - p["mu"] + sim(noise)(x)[1]) ** 2))
+    f = held_out_estimate(obj, jax.random.key(0), X, samples=2000, pointwise=True)
+    exact = float(-jnp.mean((X - 0.5) ** 2) - 1.0)
+    assert abs(f({"mu": 0.5}) - exact) < 0.08
+    with pytest.raises(ValueError, match="leading data-point axis"):
+        held_out_estimate(obj, jax.random.key(0), 1.0, pointwise=True)
