@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("program", help="the program file (.py) the run was trained with")
     sample.add_argument("--run", required=True, metavar="DIR", help="the run folder written by `gendsl fit`")
     sample.add_argument("-n", type=_positive, default=64, metavar="N", help="number of draws (default 64)")
-    sample.add_argument("--from", dest="source", choices=("prior", "posterior"), default="prior",
-                        help="draw latents from the prior (default) or from the guide given the data")
+    sample.add_argument("--from", dest="source", choices=("prior", "posterior"), default=None,
+                        help="draw latents from the prior (default for VI runs) or from the posterior: the guide given "
+                             "the data, or a NUTS run's draws (default for NUTS runs)")
     sample.add_argument("--seed", type=_natural, default=0, metavar="S", help="random seed (default 0)")
     sample.add_argument("--out", metavar="DIR", default=None, help="where to write (default: the run folder)")
     sample.add_argument("--image-shape", type=_shape, default=None, metavar="HxW",
@@ -252,7 +253,6 @@ def _command_fit(args):
 def _command_sample(args):
     from gendsl.cli._sample import sample
 
-    _refuse_nuts_run(args.run, "sample")
     code = sample(args)
     if code == 0 and (args.out is None or os.path.abspath(args.out) == os.path.abspath(args.run)):
         _refresh_report(args.run)
@@ -262,7 +262,6 @@ def _command_sample(args):
 def _command_eval(args):
     from gendsl.cli._eval import evaluate
 
-    _refuse_nuts_run(args.run, "eval")
     code = evaluate(args)
     if code == 0:
         _refresh_report(args.run)
@@ -287,22 +286,6 @@ def _command_compare(args):
     from gendsl.cli._compare import compare
 
     return compare(args)
-
-
-def _refuse_nuts_run(run: str, command: str) -> None:
-    """``eval`` and ``sample`` use a trained guide; a ``--method nuts`` run has none."""
-    import json
-
-    from gendsl.cli._errors import CLIError
-
-    try:
-        with open(os.path.join(run, "config.json")) as f:
-            method = json.load(f)["options"].get("method", "vi")
-    except Exception:
-        return  # the command itself reports a missing or damaged config.json
-    if method == "nuts":
-        raise CLIError(f"--run {run}: a --method nuts run has no guide or parameters for `gendsl {command}`; its "
-                       "draws are in posterior.nc (see summary.txt and report.html)")
 
 
 def _refresh_report(run: str) -> None:

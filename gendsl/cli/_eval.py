@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gendsl.cli._errors import CLIError
+from gendsl.cli._posterior_run import evaluate_posterior, is_nuts_run
 from gendsl.cli._program import take
 from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._trained import open_trained
@@ -31,6 +32,12 @@ def evaluate(args) -> int:
     """Run ``gendsl eval``; returns the exit code."""
     from gendsl.inference import evaluate_bounds
 
+    if is_nuts_run(args.run):
+        for flag, given in (("--probes", args.probes), ("--exact", args.exact), ("--raw", args.raw)):
+            if given:
+                raise CLIError(f"{flag}: this is a NUTS run (posterior draws, no parameters or ODE likelihood): "
+                               "drop it")
+        return evaluate_posterior(args)
     run = open_trained(args.program, args.run, args.data, raw=args.raw)
     setup, params = run.setup, run.params
     data, split = setup.data.test, "test"

@@ -10,7 +10,9 @@ component, and the number of divergences), ``trace.png`` (log density by chain),
 No guide is needed, and none of the VI options apply: an option given on the command line that
 the chosen method does not use is an error (a VI option in the program's ``defaults`` is simply
 not used). A NUTS run is one call, so it has no checkpoints and cannot be resumed; ``eval`` and
-``sample`` need a VI run. Chains run vectorized by default (``--chain-method``; see
+``sample`` read its draws (``_posterior_run``). ``metrics.csv`` holds the per-draw sampler
+statistics (log density, step size, tree depth, acceptance, divergence) by chain.
+Chains run vectorized by default (``--chain-method``; see
 ``gendsl.inference.nuts`` for the choice).
 """
 
@@ -201,11 +203,31 @@ def _config(args, program: Program, options: dict, model_name: str, data) -> dic
     }
 
 
+def _sample_stats_csv(idata) -> str:
+    """NUTS's per-draw statistics as CSV: one row per chain and draw, one column per statistic."""
+    stats = idata.sample_stats
+    names = [n for n in stats.data_vars if stats[n].dims == ("chain", "draw")]
+    columns = {n: np.asarray(stats[n].values) for n in names}
+    chains, draws = next(iter(columns.values())).shape
+    lines = [",".join(["chain", "draw", *names])]
+    for c in range(chains):
+        for d in range(draws):
+            lines.append(",".join([str(c), str(d), *(_cell(columns[n][c, d]) for n in names)]))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return f"{value:.9g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
 def _write(folder: RunFolder, program: Program, options: dict, model_name: str, idata, config, wall: float) -> None:
     from gendsl.cli._outputs import write_posterior
 
     o = options
     write_posterior(idata, folder)
+    folder.write_with(RunFolder.METRICS, lambda f: f.write(_sample_stats_csv(idata).encode()))
     table, figures = diagnostics_table(idata)
     title = os.path.basename(program.path)
     folder.write_bytes(_report.TRACE, _report.plot_trace(idata, title))
@@ -244,5 +266,5 @@ def _write(folder: RunFolder, program: Program, options: dict, model_name: str, 
     print(header[2])
     for line in warnings:
         print(line)
-    print(f"wrote {o['out']}/: {RunFolder.POSTERIOR}, {RunFolder.SUMMARY}, {_report.TRACE}, {_report.MARGINALS}, "
-          f"{_report.REPORT}, {RunFolder.CONFIG}")
+    print(f"wrote {o['out']}/: {RunFolder.POSTERIOR}, {RunFolder.METRICS}, {RunFolder.SUMMARY}, {_report.TRACE}, "
+          f"{_report.MARGINALS}, {_report.REPORT}, {RunFolder.CONFIG}")

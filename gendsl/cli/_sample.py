@@ -1,10 +1,12 @@
 """``gendsl sample``: draws from the trained model.
 
-``--from prior`` (the default) runs the model forward with the trained
+``--from prior`` (the default for a VI run) runs the model forward with the trained
 parameters: latents from the prior, observations from the likelihood (for a
 VAE: new images). ``--from posterior`` draws the latents from the guide given
 the training data and then the observations (for a VAE: reconstructions of the
-first ``N`` training images; for eight schools: posterior predictive draws).
+first ``N`` training images; for eight schools: posterior predictive draws). A NUTS run
+(``gendsl fit --method nuts``) draws posterior predictive data from its posterior draws by
+default (``_posterior_run``).
 
 Writes ``samples.npz`` (every site, a leading axis of draws; addresses with
 ``/`` are saved with ``.``) and, when the observations are images (the
@@ -25,6 +27,7 @@ import numpy as np
 
 from gendsl import handlers
 from gendsl.cli._errors import CLIError
+from gendsl.cli._posterior_run import is_nuts_run, sample_posterior
 from gendsl.cli._program import take
 from gendsl.cli._report import png
 from gendsl.cli._runfolder import RunFolder
@@ -44,6 +47,10 @@ def _site_values(trace, observed):
 
 def sample(args) -> int:
     """Run ``gendsl sample``; returns the exit code."""
+    if is_nuts_run(args.run):
+        if getattr(args, "raw", False):
+            raise CLIError("--raw: this is a NUTS run (posterior draws, no parameters): drop it")
+        return sample_posterior(args)
     run = open_trained(args.program, args.run, args.data, raw=getattr(args, "raw", False))
     setup, params = run.setup, run.params
     if setup.kind.kind != "vi":
@@ -52,7 +59,7 @@ def sample(args) -> int:
         if value is not None:
             raise CLIError(f"{flag}: applies to a Trainable run (a gendsl.models model); this run trains a model "
                            "and a guide: drop it")
-    n, kind = args.n, args.source
+    n, kind = args.n, args.source or "prior"
     key = jax.random.key(args.seed)
     observed = setup.program.call(
         "in the model", lambda: jax.eval_shape(lambda k: setup.model.simulate(k, setup.first), key).observed
@@ -162,7 +169,7 @@ def _sample_direct(args, run) -> int:
             raise CLIError(f"{flag}: {type(kind.trainable).__name__}.sample has no `{name}` option (its options: "
                            f"{offered}); drop {flag}")
         options[name] = value
-    if args.source != "prior":
+    if args.source == "posterior":
         raise CLIError("--from posterior: a Trainable run has no guide; drop --from")
     classes = getattr(kind.trainable, "num_classes", None)
     if classes is not None and args.label is None and "labels" in accepts:

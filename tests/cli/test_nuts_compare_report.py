@@ -30,13 +30,17 @@ def _exact(x, prior_sd=10.0):
     return float(np.sum(x) / precision), float(np.sqrt(1.0 / precision))
 
 
-def _train_data():
+def _program_data():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("normal_prog", PROGRAMS / "normal.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return np.asarray(module.data()[0])
+    return module.data()
+
+
+def _train_data():
+    return np.asarray(_program_data()[0])
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,8 @@ def test_nuts_matches_the_exact_conjugate_posterior(nuts_run):
 
 
 def test_nuts_run_folder_and_summary(nuts_run):
-    assert listing(nuts_run) == sorted([".lock", "config.json", "marginals.png", "posterior.nc", "report.html",
-                                        "summary.txt", "trace.png"])
+    assert listing(nuts_run) == sorted([".lock", "config.json", "marginals.png", "metrics.csv", "posterior.nc",
+                                        "report.html", "summary.txt", "trace.png"])
     summary = (nuts_run / "summary.txt").read_text()
     assert "divergences: 0 of 1000" in summary and "largest R-hat" in summary
     for column in ("ess_bulk", "ess_tail", "r_hat", "mcse_mean"):
@@ -79,6 +83,58 @@ def test_nuts_run_folder_and_summary(nuts_run):
     config = json.loads((nuts_run / "config.json").read_text())
     assert config["status"] == "completed" and config["options"]["method"] == "nuts"
     assert config["diagnostics"]["divergences"] == 0
+
+
+def test_nuts_eval_is_the_exact_predictive_density(nuts_run, tmp_path):
+    """Held-out lpd and PSIS-LOO of the conjugate model against their closed forms.
+
+    The predictive density of a new point given data x is N(mean, 1 + sd^2) with (mean, sd) the exact
+    posterior of mu given x; LOO uses the posterior given x without point i. The Monte-Carlo error of
+    each log-mean-exp over the S draws is about r_i / sqrt(ESS), r_i the coefficient of variation of
+    p(x_i | mu_s) over the draws; the tolerance is 4 times the sum (or mean) of those.
+    """
+    from scipy.stats import norm
+
+    run = tmp_path / "run"
+    shutil.copytree(nuts_run, run)
+    train, test = _train_data(), np.asarray(_program_data()[1])
+    idata = az.from_netcdf(run / "posterior.nc")
+    mu = idata.posterior["mu"].values.ravel()
+    ess = float(az.ess(idata, var_names=["mu"])["mu"])
+
+    def mc_error(points):
+        p = norm.pdf(points[:, None] - mu[None, :])
+        return p.std(1) / p.mean(1) / np.sqrt(ess)
+
+    assert main(["eval", str(PROGRAMS / "normal.py"), "--run", str(run)]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    mean, sd = _exact(train)
+    exact = norm.logpdf(test, mean, np.sqrt(1 + sd**2)).mean()
+    assert result["split"] == "test" and result["points"] == len(test)
+    assert abs(result["metrics"]["lpd"]["value"] - exact) < 4 * mc_error(test).mean()
+
+    assert main(["eval", str(PROGRAMS / "normal.py"), "--run", str(run), "--split", "train"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    loo = sum(norm.logpdf(train[i], *(lambda m, s: (m, np.sqrt(1 + s**2)))(*_exact(np.delete(train, i))))
+              for i in range(len(train)))
+    assert abs(result["metrics"]["elpd_loo"]["value"] - loo) < 4 * mc_error(train).sum()
+    assert result["metrics"]["elpd_loo"]["se"] > 0
+
+
+def test_nuts_sample_draws_the_posterior_predictive(nuts_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(nuts_run, run)
+    assert main(["sample", str(PROGRAMS / "normal.py"), "--run", str(run), "-n", "400"]) == 0
+    with np.load(run / "samples.npz") as f:
+        x, mu = f["x"], f["mu"]
+    assert x.shape == (400, 40) and mu.shape == (400,)
+    posterior = az.from_netcdf(run / "posterior.nc").posterior["mu"].values.ravel()
+    assert set(np.round(mu, 5)) <= set(np.round(posterior, 5))  # the latents are NUTS draws
+    # x = mu + e, e ~ N(0, 1): the residuals are standard normal; their mean over 16,000 values has SE 1/126.
+    resid = x - mu[:, None]
+    assert abs(resid.mean()) < 4 / np.sqrt(resid.size) and abs(resid.std() - 1) < 0.03
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("chain,draw,") and "diverging" in rows[0] and len(rows) == 1 + 2 * 500
 
 
 def test_library_nuts_rejects_bad_settings():
@@ -185,8 +241,9 @@ BAD = {
     "nuts-option-with-vi": (_fit("--chains", "2"), ("--chains applies to --method nuts",)),
     "nuts-resume": (_fit("--method", "nuts", "--resume"), ("--resume",)),
     "nuts-over-a-run": (_fit("--method", "nuts"), ("already holds a run", "--overwrite")),
-    "eval-a-nuts-run": (("eval", "{prog}", "--run", "{nuts}"), ("--method nuts run has no guide",)),
-    "sample-a-nuts-run": (("sample", "{prog}", "--run", "{nuts}"), ("--method nuts run has no guide",)),
+    "eval-nuts-probes": (("eval", "{prog}", "--run", "{nuts}", "--probes", "2"), ("--probes", "NUTS run")),
+    "sample-nuts-raw": (("sample", "{prog}", "--run", "{nuts}", "--raw"), ("--raw", "NUTS run")),
+    "sample-nuts-class": (("sample", "{prog}", "--run", "{nuts}", "--class", "0"), ("--class", "NUTS run")),
     "report-no-folder": (("report", "{tmp}/nope"), ("no such directory",)),
     "report-not-a-run": (("report", "{tmp}"), ("no config.json",)),
     "compare-no-posterior": (("compare", "{tmp}", "{out}"), ("RUN_A", "no posterior.nc")),
