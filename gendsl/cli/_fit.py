@@ -560,7 +560,7 @@ def _banner(setup: Setup, start: int) -> str:
 def _finish_partial(setup: Setup, folder: RunFolder, rows, config, status: str, warning: str | None = None) -> None:
     folder.write_json(RunFolder.CONFIG, dict(config, status=status, **({"warning": warning} if warning else {})))
     with contextlib.suppress(Exception):  # a plot must never hide the real error
-        _outputs.plot_loss(rows, folder, _title(setup))
+        _outputs.plot_loss(rows, folder, _title(setup), nats=setup.kind.kind == "vi")
 
 
 def _title(setup: Setup) -> str:
@@ -571,7 +571,7 @@ def _write_direct_outputs(setup: Setup, folder: RunFolder, rows, config, wall: f
                           warning: str | None) -> None:
     """Outputs of a Trainable or objective run: loss plot, summary.txt, config.json, report (no posterior)."""
     o = setup.options
-    _outputs.plot_loss(rows, folder, _title(setup))
+    _outputs.plot_loss(rows, folder, _title(setup), nats=setup.kind.kind == "vi")
     final, n_tail = _final_objective(rows, "objective")
     held = [r for r in rows if r.get("held_out_objective") is not None]
     lines = [f"gendsl fit {setup.program.path}  (gendsl {gendsl.__version__})",
@@ -627,7 +627,7 @@ def _closing_lines(config, o, figure: str, ema_use: str, warning: str | None) ->
 def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, wall: float, session: tuple,
                    quiet: bool, warning: str | None) -> None:
     out, o = setup.options["out"], setup.options
-    _outputs.plot_loss(rows, folder, _title(setup))
+    _outputs.plot_loss(rows, folder, _title(setup), nats=setup.kind.kind == "vi")
     _say(quiet, "writing posterior.nc and summary.txt ...")
     idata, covered, notes = _outputs.posterior(setup, params, key, o["posterior_draws"], o["posterior_points"])
     _outputs.write_posterior(idata, folder)

@@ -99,8 +99,13 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, (c[window:] - c[:-window]) / window])
 
 
-def plot_loss(rows: list[dict], folder: RunFolder, title: str) -> None:
-    """Plot the training objective and the held-out ELBO to the folder's ``loss.png`` (Agg backend)."""
+def plot_loss(rows: list[dict], folder: RunFolder, title: str, *, nats: bool = True) -> None:
+    """Plot the training objective and the held-out figure to the folder's ``loss.png`` (Agg backend).
+
+    The held-out figure is the ELBO of a VI run or the objective of a Trainable / objective run
+    (``held_out_objective``), whichever the rows hold; ``nats``: the objective is a log density
+    (a bound), not e.g. a denoising loss.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -109,7 +114,8 @@ def plot_loss(rows: list[dict], folder: RunFolder, title: str) -> None:
     train = [r for r in rows if r["step"] >= 1 and r.get("objective") is not None]
     per_point = bool(train) and train[0].get("objective_per_point") is not None
     key = "objective_per_point" if per_point else "objective"
-    held = [r for r in rows if r.get("held_out_elbo") is not None]
+    column = "held_out_elbo" if any(r.get("held_out_elbo") is not None for r in rows) else "held_out_objective"
+    held = [r for r in rows if r.get(column) is not None]
     fig, axes = plt.subplots(1, 2 if held else 1, figsize=(11 if held else 6.5, 4), squeeze=False)
     ax = axes[0, 0]
     if train:
@@ -127,20 +133,21 @@ def plot_loss(rows: list[dict], folder: RunFolder, title: str) -> None:
         ax.set_ylim(lo - pad, hi + pad)
         ax.legend(loc="lower right")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"objective{' per data point' if per_point else ''} (nats)")
+    ax.set_ylabel(f"objective{' per data point' if per_point else ''}{' (nats)' if nats else ''}")
     ax.set_title(f"{title}: training objective (higher is better)", fontsize=10)
     ax.grid(alpha=0.3)
     if held:
         ax2 = axes[0, 1]
-        steps, values = [r["step"] for r in held], [r["held_out_elbo"] for r in held]
+        steps, values = [r["step"] for r in held], [r[column] for r in held]
         ax2.plot(steps, values, "o-", color="tab:orange")
         best = int(np.argmax(values))
         ax2.annotate(f"best {values[best]:.2f} (step {steps[best]})", (steps[best], values[best]),
                      textcoords="offset points", xytext=(0, -14), fontsize=8,
                      ha="right" if best > len(values) // 2 else "left")
         ax2.set_xlabel("step")
-        ax2.set_ylabel(f"ELBO{' per data point' if per_point else ''} (nats)")
-        ax2.set_title("held-out ELBO", fontsize=10)
+        what = "ELBO" if column == "held_out_elbo" else "objective"
+        ax2.set_ylabel(f"{what}{' per data point' if per_point else ''}")
+        ax2.set_title(f"held-out {what} (higher is better)", fontsize=10)
         ax2.grid(alpha=0.3)
     fig.tight_layout()
     folder.write_bytes(RunFolder.LOSS, png(fig, dpi=110))

@@ -68,6 +68,8 @@ def test_trainable_fit_eval_sample_with_ema(trained, gendsl_cli):
     assert config["resolved"]["kind"] == "trainable" and config["resolved"]["class"] == "FlowMatching"
     assert config["options"]["ema"] == 0.9
     params, ema = _arrays(out / "params.npz"), _arrays(out / "ema_params.npz")
+    png = (out / "loss.png").read_bytes()
+    assert int.from_bytes(png[16:20], "big") > 1000  # two panels: the training and the held-out objective
     assert params.keys() == ema.keys()
     assert any(not np.array_equal(params[k], ema[k]) for k in params)
 
