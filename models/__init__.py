@@ -3,7 +3,7 @@
 from gendsl.models._nets import TimeMLP
 from gendsl.models._protocol import Trainable, density_metrics, divergence_options, mean_and_error, mmd_with_error
 from gendsl.models.air import AIR, AIRConfig, make_air
-from gendsl.models.ddpm import DDPM, linear_alpha_bar, vp_forward, vp_reverse
+from gendsl.models.ddpm import DDPM, discretized_gaussian_log_prob, linear_alpha_bar, vp_forward, vp_reverse
 from gendsl.models.diffusevae import DiffuseVAE
 from gendsl.models.edm import EDM
 from gendsl.models.flow_matching import FlowMatching, coupling_path, energy_distance, mmd
@@ -26,6 +26,7 @@ __all__ = [
     "DiffuseVAE",
     "EDM",
     "VDM",
+    "discretized_gaussian_log_prob",
     "linear_alpha_bar",
     "vp_forward",
     "vp_reverse",

@@ -9,7 +9,16 @@ programs serve DDPM (integer times, a beta schedule) and discrete-time VDM
 (``alpha_bar = sigmoid(-gamma(t))``, see ``gendsl.models.vdm``).
 
 ``DDPM`` implements ``gendsl.models.Trainable`` (``init_params``, ``sample``, ``evaluate``:
-minus the derived ELBO in bits per dimension).
+minus the derived ELBO in bits per dimension). Its ``objective`` takes the data as one
+argument, ``xs`` or ``(xs, labels)`` (what ``SVI`` minibatches together), or as
+``(xs, labels)`` spread over two arguments.
+
+Discrete data (``DDPM(..., levels=256)``: data scaled to [-1, 1] on ``levels`` grey
+levels) are evaluated with Ho et al.'s (2020, section 3.3) discretized decoder: the
+probability under the decoder's Gaussian of the bin of width ``2 / (levels - 1)`` around
+each value, the bins at -1 and 1 extended to -inf and inf. The bound is then of the
+probability of the discrete data, comparable across models and with the papers' bits/dim.
+Training is unchanged (the simple objective has no decoder term).
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 
 import gendsl
 import gendsl.distributions as dist
+from gendsl import handlers
 from gendsl.inference import expectation
 from gendsl.inference.diffusion import (
     ddim_sample,
@@ -36,7 +47,15 @@ from gendsl.inference.diffusion import (
 from gendsl.models._nets import TimeMLP, static_part
 from gendsl.models._protocol import mean_and_error
 
-__all__ = ["DDPM", "linear_alpha_bar", "to_x0", "vp_forward", "vp_posterior", "vp_reverse"]
+__all__ = [
+    "DDPM",
+    "discretized_gaussian_log_prob",
+    "linear_alpha_bar",
+    "to_x0",
+    "vp_forward",
+    "vp_posterior",
+    "vp_reverse",
+]
 
 
 def linear_alpha_bar(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> np.ndarray:
@@ -66,6 +85,36 @@ def to_x0(pred, z, alpha_bar_t, parameterization: str):
     if parameterization == "v":
         return a * z - s * pred
     raise ValueError(f"parameterization must be 'eps', 'x0' or 'v', got {parameterization!r}")
+
+
+def discretized_gaussian_log_prob(x, loc, scale, levels: int) -> jax.Array:
+    """``log P(x's bin)`` under ``N(loc, scale^2)``, summed over elements: Ho et al.'s discrete decoder.
+
+    The data lie on the ``levels`` values ``-1 + 2 k / (levels - 1)``; the bin of each value
+    is ``[v - h, v + h]`` with ``h = 1 / (levels - 1)``, the bin of -1 extended to -inf and
+    that of 1 to inf, so that the bins' probabilities sum to one. ``x`` is read as its
+    nearest value.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jax.scipy.stats import norm
+        >>> lp = discretized_gaussian_log_prob(jnp.array([-1.0, 0.0]), 0.0, 1.0, 3)  # bins (-inf, -0.5], [-0.5, 0.5]
+        >>> bool(jnp.isclose(lp, jnp.log(norm.cdf(-0.5)) + jnp.log(norm.cdf(0.5) - norm.cdf(-0.5))))
+        True
+    """
+    if int(levels) < 2:
+        raise ValueError(f"discretized_gaussian_log_prob: levels must be at least 2, got {levels}")
+    h = 1.0 / (levels - 1)
+    k = jnp.clip(jnp.round((jnp.asarray(x) + 1.0) / (2.0 * h)), 0, levels - 1)
+    centre = 2.0 * h * k - 1.0
+    lo = jnp.where(k == 0, -jnp.inf, (centre - h - loc) / scale)
+    hi = jnp.where(k == levels - 1, jnp.inf, (centre + h - loc) / scale)
+    # Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi): take the side where the bin lies in the lower
+    # tail, then log Phi(hi) + log(1 - Phi(lo) / Phi(hi)) has no cancellation in the tails.
+    flip = lo + hi > 0
+    lo, hi = jnp.where(flip, -hi, lo), jnp.where(flip, -lo, hi)
+    log_hi = log_ndtr(hi)
+    return jnp.sum(log_hi + jnp.log(-jnp.expm1(log_ndtr(lo) - log_hi)))
 
 
 def _normal(loc, scale, shape):
@@ -190,18 +239,24 @@ class DDPM:
             ``num_classes`` means "no condition", used by guidance).
         hidden, depth: the size of the ``TimeMLP`` network.
         net: ``key -> module`` to use another network, called as ``net(z, t / T, *cond)``.
+        alpha_bar: the schedule ``alpha_bar_0 = 1, ..., alpha_bar_T`` (default: DDPM's linear one).
         p_uncond: for a class-conditional model, the probability with which the
             training objective replaces a label by the "no condition" token
             (classifier-free guidance training).
+        levels: for discrete data, scaled to [-1, 1] on ``levels`` grey levels
+            (``-1 + 2 k / (levels - 1)``; 256 for 8-bit images): ``evaluate`` then
+            bounds the probability of the discrete data with the discretized decoder
+            (``discretized_gaussian_log_prob``). None: continuous data, Gaussian decoder.
 
     Attributes:
         model, guide: the program pair.
-        elbo: the ``DiffusionELBO`` derived from them.
+        elbo: the ``DiffusionELBO`` derived from them (Gaussian decoder).
         objective: the training objective, an ``Expectation`` of
-            ``F(params, xs, *cond)``: the derived simple objective (minus the mean
-            squared error of the prediction) of a batch ``xs`` with per-example
-            conditions ``cond`` (labels, dropped with probability ``p_uncond``, or
-            vectors). Train it with ``gendsl.inference.SVI``.
+            ``F(params, data)``: the derived simple objective (minus the mean squared
+            error of the prediction) of a batch. ``data`` is ``xs``, or ``(xs, *cond)``
+            with per-example conditions (labels, dropped with probability
+            ``p_uncond``, or vectors); ``F(params, xs, *cond)`` is the same. Train it
+            with ``gendsl.inference.SVI``, which minibatches a tuple's arrays together.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -217,11 +272,14 @@ class DDPM:
 
     def __init__(self, shape, *, T: int = 1000, parameterization: str = "eps", variance: str = "beta",
                  num_classes: int | None = None, hidden: int = 128, depth: int = 3, net=None,
-                 alpha_bar: np.ndarray | None = None, p_uncond: float = 0.0):
+                 alpha_bar: np.ndarray | None = None, p_uncond: float = 0.0, levels: int | None = None):
+        if levels is not None and (not isinstance(levels, (int, np.integer)) or levels < 2):
+            raise ValueError(f"DDPM: levels must be an int >= 2 (the number of grey levels) or None, got {levels!r}")
         self.shape = tuple(shape)
         self.T = T
         self.parameterization = parameterization
         self.num_classes = num_classes
+        self.levels = None if levels is None else int(levels)
         self.alpha_bar = linear_alpha_bar(T) if alpha_bar is None else np.asarray(alpha_bar)
         table = _lookup(self.alpha_bar)
         self.ts = np.arange(1, T + 1)
@@ -253,14 +311,55 @@ class DDPM:
         _, *cond = data if isinstance(data, tuple) else (data,)
         return self.init(key, *(jnp.asarray(c)[0] for c in cond))
 
+    def decoder(self, params, z1, *cond) -> tuple[jax.Array, jax.Array]:
+        """The model's decoder ``p(x | z_1) = N(loc, scale^2)`` at the state ``z1`` of one data point.
+
+        Read off the reverse-chain program itself (run on the first time alone, its
+        state substituted), so it is the decoder that ``elbo`` scores with.
+
+        Returns:
+            ``(loc, scale)``, each of the data's event shape.
+        """
+        fn = handlers.substitute(self.model.bind(params).fn, data={"z1": z1})
+        tr = handlers.trace(handlers.seed(fn, key=jax.random.key(0))).get_trace(None, self.ts[:1], *cond)
+        d = tr["x"]["fn"]
+        while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
+            d = d.base_dist
+        return jnp.broadcast_to(d.loc, self.shape), jnp.broadcast_to(d.scale, self.shape)
+
+    def terms(self, params, key, x, *cond) -> dict:
+        """One draw of each term of the ELBO of one data point ``x``, with this model's decoder.
+
+        ``prior_kl`` and ``step_kl`` (and the sampled ``step``) are ``elbo.terms`` with
+        ``fold_in(key, 0)``; ``reconstruction`` is ``log p(x | z_1)`` at
+        ``z_1 ~ q(z_1 | x)`` drawn with ``fold_in(key, 1)``, by the discretized decoder
+        when the model has ``levels`` (the Gaussian decoder otherwise). The ELBO is
+        ``reconstruction - prior_kl - (T - 1) * step_kl``.
+
+        Returns:
+            ``{"reconstruction", "prior_kl", "step_kl", "step"}``.
+        """
+        out = dict(self.elbo.terms(params, jax.random.fold_in(key, 0), x, *cond))
+        chain = self.elbo.chain(params, x)
+        noise = jax.random.normal(jax.random.fold_in(key, 1), jnp.shape(x), jnp.result_type(x))
+        loc, scale = self.decoder(params, chain.A[0] * x + chain.B[0] + chain.S[0] * noise, *cond)
+        if self.levels is None:
+            out["reconstruction"] = jnp.sum(dist.Normal(loc, scale).log_prob(x))
+        else:
+            out["reconstruction"] = discretized_gaussian_log_prob(x, loc, scale, self.levels)
+        return out
+
     def evaluate(self, params, data, key, *, samples: int = 1) -> dict:
         """Minus the ELBO of held-out ``data`` in bits per dimension, with its standard error.
 
-        Each point's ELBO is ``elbo.elbo`` (the derived Gaussian chain: closed-form KLs, one
-        sampled reverse step, averaged over ``samples`` draws); the value is their mean and
-        the standard error their spread over ``sqrt(n)``. The decoder is Gaussian, so this is
-        the bound of the continuous density (data scaled as in training); ``data`` may be
-        ``(xs, *conds)`` for a conditional model.
+        Each point's ELBO is estimated from ``terms`` (the derived Gaussian chain:
+        closed-form KLs, one sampled reverse step and one draw of ``z_1``), averaged
+        over ``samples`` draws with the keys ``jax.random.split(key, (n, samples))``;
+        the value is their mean over the points and the standard error their spread
+        over ``sqrt(n)``. With ``levels`` the decoder is discretized and this bounds
+        the probability of the discrete data (``data`` on the grid in [-1, 1]);
+        without, it bounds the continuous density of the data as scaled in training.
+        ``data`` may be ``(xs, *conds)`` for a conditional model.
 
         Returns:
             ``{"bits_per_dim": (value, standard_error)}``.
@@ -268,22 +367,29 @@ class DDPM:
         xs, *cond = data if isinstance(data, tuple) else (data,)
         xs = jnp.asarray(xs)
         keys = jax.random.split(key, (xs.shape[0], samples))
-        elbos = _per_point_elbo(self.elbo, params, keys, xs, tuple(jnp.asarray(c) for c in cond))
+        elbos = _per_point_elbo(self, params, keys, xs, tuple(jnp.asarray(c) for c in cond))
         value, se = mean_and_error(-np.asarray(elbos) / (np.prod(self.shape) * np.log(2.0)))
         return {"bits_per_dim": (value, se)}
 
     def _objective(self):
         simple = self.elbo.simple_objective(parameterization=self.parameterization)
-        if self.num_classes is None:
-            return simple
+        conditional = self.num_classes is not None
 
-        def objective(params, xs, *cond):
-            if not cond:
-                raise ValueError("DDPM.objective: this model is class-conditional; pass labels after the data")
-            labels = drop_condition(objective_key("condition_dropout"), cond[0], self.p_uncond, self.num_classes)
-            return simple.fn(params, xs, labels, *cond[1:])
+        def objective(params, data, *cond):
+            xs, cond = _unpack(data, cond)
+            if conditional:
+                if not cond:
+                    raise ValueError("DDPM.objective: this model is class-conditional; pass the data as (xs, labels)")
+                labels = drop_condition(objective_key("condition_dropout"), cond[0], self.p_uncond, self.num_classes)
+                cond = (labels, *cond[1:])
+            return simple.fn(params, xs, *cond)
 
-        return expectation(objective, models=simple.models, init=self.elbo.init_params)
+        def init(key, data, *cond, **kwargs):
+            xs, cond = _unpack(data, cond)
+            return self.elbo.init_params(key, xs, *cond, **kwargs)
+
+        objective.__name__ = "ddpm_simple"
+        return expectation(objective, models=simple.models, init=init)
 
     def eps(self, params, z, t, *cond):
         """The network's noise prediction at integer time ``t`` (converted from its parameterization)."""
@@ -315,9 +421,23 @@ class DDPM:
         raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
 
 
+def _unpack(data, cond: tuple) -> tuple:
+    """``(xs, conds)`` of the objective's arguments: ``data`` alone, ``(xs, *conds)``, or ``xs, *conds``."""
+    if isinstance(data, tuple):
+        if cond:
+            raise ValueError("DDPM.objective: pass the conditions inside the data tuple (xs, labels) or after xs, "
+                             "not both")
+        return data[0], tuple(data[1:])
+    return data, tuple(cond)
+
+
 @eqx.filter_jit
-def _per_point_elbo(elbo, params, keys, xs, cond):
+def _per_point_elbo(ddpm, params, keys, xs, cond):
     def one(ks, x, *c):
-        return jnp.mean(jax.vmap(lambda k: elbo.elbo(params, k, x, *c))(ks))
+        def draw(k):
+            t = ddpm.terms(params, k, x, *c)
+            return t["reconstruction"] - t["prior_kl"] - (ddpm.elbo.n - 1) * t["step_kl"]
+
+        return jnp.mean(jax.vmap(draw)(ks))
 
     return jax.vmap(one)(keys, xs, *cond)
