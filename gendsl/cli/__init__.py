@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--particles", "-k", type=_positive, default=100, metavar="K",
                     help="importance samples of the IWAE bound (default 100)")
     ev.add_argument("--samples", type=_positive, default=10, metavar="S",
-                    help="samples averaged in each ELBO estimate (default 10)")
+                    help="samples averaged in each ELBO estimate (default 10; a Trainable whose evaluate "
+                         "estimates a bound, e.g. VDM or DDPM: draws per point)")
     ev.add_argument("--repeats", type=_repeats, default=3, metavar="R",
                     help="independent estimates, for the standard error (default 3)")
     ev.add_argument("--split", choices=("test", "train"), default="test", help="data to evaluate (default test)")

@@ -89,15 +89,17 @@ def evaluate(args) -> int:
 
 
 def _evaluate_options(args, kind) -> dict:
-    """``evaluate``'s keyword options from the command line: ``probes`` (Hutchinson) where the model has it."""
+    """``evaluate``'s keyword options from the command line: ``samples`` (Monte-Carlo draws per point of a
+    bound) and ``probes`` (Hutchinson), where the model's ``evaluate`` has them."""
+    accepts = inspect.signature(kind.trainable.evaluate).parameters
+    options = {"samples": args.samples} if "samples" in accepts else {}
     if args.probes is None and not args.exact:
-        return {}
-    takes = "probes" in inspect.signature(kind.trainable.evaluate).parameters
-    if not takes:
+        return options
+    if "probes" not in accepts:
         flag = "--exact" if args.exact else f"--probes {args.probes}"
         raise CLIError(f"{flag}: {type(kind.trainable).__name__}.evaluate has no ODE likelihood to choose a divergence "
                        "for (flows, PFGM++ and EDM have); drop it")
-    return {"probes": args.probes} if args.probes is not None else {}
+    return {**options, "probes": args.probes} if args.probes is not None else options
 
 
 def _evaluate_direct(args, run, data, split: str) -> int:
@@ -119,6 +121,8 @@ def _evaluate_direct(args, run, data, split: str) -> int:
         what = f"{type(kind.trainable).__name__}.evaluate"
         if options.get("probes"):
             what += f" (Hutchinson divergence, {options['probes']} probes per point)"
+        if options.get("samples"):
+            what += f" ({options['samples']} Monte-Carlo draws per point)"
     else:
         for flag, given in (("--probes", args.probes), ("--exact", args.exact)):
             if given:

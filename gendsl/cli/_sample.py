@@ -190,7 +190,7 @@ def _sample_direct(args, run) -> int:
     print(f"{args.n} draws from {type(kind.trainable).__name__} `{kind.name}` (step {run.meta.get('step')}{weights}"
           f"{shown}) -> {npz}")
     print(f"  x  shape {x.shape!s:<16} mean {x.mean():.4g}  sd {x.std():.4g}")
-    title = f"{os.path.basename(args.program)}: {args.n} draws"
+    title = f"{os.path.basename(args.program)}: {args.n} draws{shown.replace('labels=', 'class ')}"
     train = np.asarray(jax.tree_util.tree_leaves(setup.data.train)[0])
     if x.ndim == 2 and x.shape[1] == 2:
         png = _scatter(x, train, out, title)
