@@ -47,10 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import multi_mnist
-
+from gendsl.datasets import mnist_images, multi_mnist
 from gendsl.inference import ENUM, MVD, Reinforce, elbo, iwelbo
 from gendsl.models.air import AIRConfig, batch_value_and_grad, count_objects, make_air, with_strategy
 
@@ -158,10 +155,10 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    digits = multi_mnist.mnist_digits(args.data)
+    digits = mnist_images(args.data)
     split = int(len(digits) * 0.8)
-    train, _train_counts = multi_mnist.make_canvases(digits[:split], args.n, seed=args.seed)
-    test, test_counts = multi_mnist.make_canvases(digits[split:], args.test, seed=args.seed + 1)
+    train, _train_counts = multi_mnist(digits[:split], args.n, seed=args.seed)
+    test, test_counts = multi_mnist(digits[split:], args.test, seed=args.seed + 1)
     config = AIRConfig()
     air = make_air(config)
     init = {**air.model.init(jax.random.key(args.seed), jnp.asarray(train[0])),

@@ -47,12 +47,9 @@ import numpy as np
 import numpyro
 from numpyro.infer import TraceGraph_ELBO
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import multi_mnist
-
 import gendsl
 import gendsl.distributions as dist
+from gendsl.datasets import mnist_images, multi_mnist
 from gendsl.inference import ENUM, MVD, Reinforce, density, elbo, expectation, sim
 from gendsl.models.air import make_air
 
@@ -95,8 +92,8 @@ def mixture():
 
 
 def air_problem(data, seed):
-    digits = multi_mnist.mnist_digits(data)
-    images, counts = multi_mnist.make_canvases(digits, 50, seed=seed)
+    digits = mnist_images(data)
+    images, counts = multi_mnist(digits, 50, seed=seed)
     image = jnp.asarray(images[int(np.flatnonzero(counts == 2)[0])])
     air = make_air()
     params = {**air.model.init(jax.random.key(seed), image), **air.guide.init(jax.random.key(seed + 1), image)}

@@ -4,7 +4,7 @@ A ``gendsl fit`` program (a ``gendsl.models`` Trainable: EDM's weighted denoisin
 Heun sampler and its exact likelihood by the probability-flow ODE), a few minutes on two CPU cores
 with the ``defaults`` below:
 
-    gendsl fit examples/diffusion_edm.py                       # 10000 steps (a minute), EMA 0.999 -> runs/diffusion_edm/
+    gendsl fit examples/diffusion_edm.py            # 10000 steps (a minute), EMA 0.999 -> runs/diffusion_edm/
     gendsl eval examples/diffusion_edm.py --run runs/diffusion_edm --limit 500    # exact NLL (ODE) and MMD
     gendsl sample examples/diffusion_edm.py --run runs/diffusion_edm -n 2000 --sampling-steps 32
 

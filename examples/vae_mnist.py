@@ -22,16 +22,13 @@ Running the file as a script is the same as ``gendsl fit`` on it:
 ``python examples/vae_mnist.py --data PATH``.
 """
 
-import gzip
-import os
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import gendsl
 import gendsl.distributions as dist
+from gendsl.datasets import mnist_images
 
 LATENT, HIDDEN, PIXELS = 10, 200, 784
 
@@ -53,42 +50,15 @@ def guide(x):
         gendsl.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
-def read_idx(path: str) -> np.ndarray:
-    """An IDX image file (gzipped or not) as a uint8 array of shape (n, rows, cols)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    magic, n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in range(0, 16, 4))
-    if magic != 2051:
-        raise ValueError(f"{path}: not an IDX image file (magic number {magic}, expected 2051)")
-    if len(raw) != 16 + n * rows * cols:
-        raise ValueError(f"{path}: {len(raw) - 16} bytes of pixels, expected {n} x {rows} x {cols}")
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols)
-
-
-def _find(folder: str, stem: str) -> str | None:
-    for name in (stem + ".gz", stem):
-        if os.path.exists(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    return None
-
-
 def data(path):
     """``(train, test)`` binary images of shape (n, 784) from the MNIST folder ``path``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--data {path}: no such folder; give the folder that holds t10k-images-idx3-ubyte.gz "
-                                "(MNIST's test images, IDX format)")
-    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    test_file = _find(folder, "t10k-images-idx3-ubyte")
-    if test_file is None:
-        raise FileNotFoundError(f"{folder} has no t10k-images-idx3-ubyte.gz (the MNIST test images, IDX format)")
-    binary = lambda images: jnp.asarray(images.reshape(len(images), -1) >= 128, jnp.float32)  # noqa: E731
-    test = binary(read_idx(test_file))
-    train_file = _find(folder, "train-images-idx3-ubyte")
-    if train_file is not None:
-        return binary(read_idx(train_file)), test
-    split = min(8000, len(test) * 4 // 5)  # 8,000 / 2,000 for the 10,000 test images
-    return test[:split], test[split:]
+    binary = lambda images: jnp.asarray(images.reshape(len(images), -1) >= 0.5, jnp.float32)  # noqa: E731
+    test = binary(mnist_images(path, "test"))
+    try:
+        return binary(mnist_images(path, "train")), test
+    except FileNotFoundError:
+        split = min(8000, len(test) * 4 // 5)  # 8,000 / 2,000 for the 10,000 test images
+        return test[:split], test[split:]
 
 
 defaults = {"steps": 10000, "batch_size": 100, "lr": 1e-3, "checkpoint_every": 1000}
