@@ -60,6 +60,17 @@ def test_example_fit_eval_sample_report_and_resume(name, gendsl_cli, tmp_path):
     assert r.code == 0, r.err
     metrics = json.loads((whole / "eval.json").read_text())["metrics"]
     assert metrics and all(np.isfinite(m["value"]) and m["se"] >= 0 for m in metrics.values())
+    if name == "diffusion_vdm_digits.py":
+        # eval's figure is the library's ELBO in bits/dim on the run's (EMA) parameters with eval's key.
+        import jax
+
+        from gendsl.cli._trained import open_trained
+
+        run = open_trained(str(prog), str(whole), "test")
+        test = run.setup.data.test[:40]
+        expected = float(run.params.bits_per_dim(jax.random.key(0), test, samples=10))
+        assert run.meta["weights"] == "ema" and json.loads((whole / "eval.json").read_text())["points"] == 40
+        np.testing.assert_allclose(metrics["bits_per_dim"]["value"], expected, rtol=1e-5)
     r = gendsl_cli("sample", prog, "--run", whole, "-n", "16", *sample)
     assert r.code == 0, r.err
     assert _arrays(whole / "samples.npz")["x"].shape[0] == 16
