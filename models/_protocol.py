@@ -9,10 +9,15 @@ and how to score it on held-out data. ``gendsl fit/eval/sample`` need nothing el
     model.sample(params, key, 64, steps=50)
     model.evaluate(params, held_out, key)      # {"bits_per_dim": (value, standard_error)}
 
+A model whose objective is of one data point (``AIR``: the ELBO of one image, so that each
+image's discrete choices get their own estimator) says so with ``per_point = True``; train it
+with ``SVI(model.objective, optimizer, per_point=True)``, which applies it to each point of a
+minibatch and sums.
+
 The parameters are whatever ``init_params`` returns and ``objective`` takes: a dict for the
-program-based models (``DDPM``, ``FlowMatching``, ``PFGMPP``), the module itself for the
-``equinox.Module`` models that are their own parameters (``VDM``, ``EDM``; ``SVI`` trains a
-module's inexact arrays). The method is called ``init_params`` rather than ``init`` because
+program-based models (``DDPM``, ``DiffuseVAE``, ``AIR``, ``FlowMatching``, ``PFGMPP``), the
+module itself for the ``equinox.Module`` models that are their own parameters (``VDM``,
+``EDM``; ``SVI`` trains a module's inexact arrays). The method is called ``init_params`` rather than ``init`` because
 ``DDPM.init(key, *cond)`` already exists with another meaning.
 
 Each ``evaluate`` returns ``{metric: (value, standard_error)}`` of plain floats: the figure
@@ -42,8 +47,14 @@ class Trainable(Protocol):
 
     Attributes:
         objective: an ``Expectation`` of ``F(params, data)`` to maximize; train it with
-            ``gendsl.inference.SVI`` (``data`` is a batch with a leading axis).
+            ``gendsl.inference.SVI`` (``data`` is a batch with a leading axis: an array, or
+            a tuple ``(xs, *conds)`` of arrays that ``SVI`` minibatches together).
         sample_options: the keyword options ``sample`` accepts (e.g. ``("method", "steps")``).
+        per_point: optional; absent means False. True means that ``objective`` is of ONE
+            data point (it sees a batch of one, or one element of each tuple member): train
+            it with ``SVI(objective, optimizer, per_point=True)``, which sums it over the
+            minibatch. ``isinstance(model, Trainable)`` does not require it; read it with
+            ``getattr(model, "per_point", False)``.
 
     Methods:
         init_params(key, data) -> params: the initial parameters (``data``: the training
@@ -53,9 +64,11 @@ class Trainable(Protocol):
             ``data``, ``{name: (value, standard_error)}``.
 
     Example:
-        >>> from gendsl.models import DDPM, EDM, FlowMatching, PFGMPP, VDM, Trainable
+        >>> from gendsl.models import FlowMatching, Trainable
         >>> isinstance(FlowMatching(2, hidden=8, depth=1), Trainable)
         True
+        >>> getattr(FlowMatching(2, hidden=8, depth=1), "per_point", False)
+        False
     """
 
     objective: Expectation

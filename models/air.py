@@ -34,25 +34,35 @@ baseline (an MLP on the image, parameters ``"baseline"`` declared by the guide) 
 ``Reinforce(baseline=air.baseline)``.
 
 Everything is written for **one image**; train on a minibatch with
-:func:`batch_value_and_grad`, which vmaps an objective's estimator over images. One
-image per estimator keeps each ``z_pres_t`` an unbatched site, so ``ENUM`` sums it
-exactly and REINFORCE pairs its score with that image's own ELBO only (per-datapoint
-credit assignment, as Pyro's ``TraceGraph_ELBO`` gets from its plate).
+``SVI(air.objective, optimizer, per_point=True)`` or :func:`batch_value_and_grad`, which
+apply an objective's estimator to each image. One image per estimator keeps each
+``z_pres_t`` an unbatched site, so ``ENUM`` sums it exactly and REINFORCE pairs its score
+with that image's own ELBO only (per-datapoint credit assignment, as Pyro's
+``TraceGraph_ELBO`` gets from its plate).
+
+``AIR`` implements ``gendsl.models.Trainable``: ``air.objective`` is the ELBO of one image
+with the z_pres strategy chosen in ``make_air`` (``per_point = True``: ``SVI`` sums it over
+the minibatch), ``sample`` draws canvases from the prior and ``evaluate`` reports the ELBO
+per image and, given true object counts, the accuracy of the inferred counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import gendsl
 import gendsl.distributions as dist
 from gendsl import handlers
+from gendsl.inference import Expectation, Reinforce, elbo, expectation
+from gendsl.models._protocol import mean_and_error
 
 __all__ = [
     "AIR",
@@ -196,28 +206,112 @@ def _baseline_net(c: AIRConfig, key) -> eqx.nn.MLP:
 class AIR:
     """An AIR model, its guide and a learned REINFORCE baseline; create with :func:`make_air`.
 
+    A ``gendsl.models.Trainable`` whose data are images ``(n, canvas, canvas)``, or
+    ``(images, counts)`` with the true number of objects per image (used by ``evaluate``
+    only).
+
     Attributes:
         config: the sizes and priors.
-        model: ``model(image)``, a ``gendsl.Model`` of one ``(canvas, canvas)`` image.
+        model: ``model(image)``, a ``gendsl.Model`` of one ``(canvas, canvas)`` image
+            (``model(None)`` draws one).
         guide: ``guide(image)``, the recurrent inference network; it declares the
             parameters ``"guide"`` and ``"baseline"``.
-        baseline: ``baseline(params, image) -> scalar``, for ``Reinforce(baseline=...)``.
+        baseline: ``baseline(params, data) -> scalar``, for ``Reinforce(baseline=...)``
+            (``data``: one image, a batch of one, or a tuple whose first element is either).
+        strategy: the gradient strategy at the ``z_pres`` sites of ``objective``.
+        objective: the ELBO of **one** image, an ``Expectation`` of ``F(params, data)``
+            (``data``: an image, a batch of one, or ``(image, count)`` whose count is
+            ignored), the guide with ``strategy`` at its ``z_pres`` sites.
+        per_point: True: ``objective`` is of one data point; train it with
+            ``SVI(air.objective, optimizer, per_point=True)``, which sums it over the minibatch.
+        sample_options: ``()``: ``sample`` takes no options.
 
     Example:
         >>> from gendsl.models import AIRConfig, make_air
         >>> air = make_air(AIRConfig(canvas=8, window=4, steps=2, what=2, hidden=8, mlp=8))
-        >>> air.config.steps, type(air.model).__name__
-        (2, 'Model')
+        >>> air.config.steps, type(air.model).__name__, air.per_point
+        (2, 'Model', True)
     """
+
+    per_point: ClassVar[bool] = True
+    sample_options: ClassVar[tuple[str, ...]] = ()
 
     config: AIRConfig
     model: gendsl.Model
     guide: gendsl.Model
     baseline: Callable[..., jax.Array]
+    strategy: Any = None
+    objective: Expectation | None = None
+
+    def init_params(self, key, data) -> dict:
+        """Initial parameters of the model and the guide (``data``: images, ``(images, counts)`` or one image)."""
+        image = _first_image(data, self.config)
+        return {**self.model.init(jax.random.fold_in(key, 0), image),
+                **self.guide.init(jax.random.fold_in(key, 1), image)}
+
+    def sample(self, params, key, n: int) -> jax.Array:
+        """``n`` canvases ``(n, canvas, canvas)`` drawn from the model's prior.
+
+        Each is the mean of the image's Normal (the sum of the decoded objects), not a
+        noisy image: the pixel noise ``pixel_noise`` is the likelihood's, not part of
+        what the model draws objects as.
+        """
+        return _sample(self, params, jax.random.split(key, n))
+
+    def evaluate(self, params, data, key, *, samples: int = 1) -> dict:
+        """The ELBO per image of held-out ``data`` and, with true counts, the accuracy of the inferred counts.
+
+        With ``k_elbo, k_count = jax.random.split(key)`` and ``n`` images: image ``i``'s
+        ELBO is ``objective.estimate(jax.random.split(k_elbo, n)[i], params, image_i,
+        samples=samples)``; its inferred count is ``count_objects`` of one guide draw,
+        ``guide.simulate(jax.random.split(k_count, n)[i], image_i)`` (a posterior sample,
+        as in the paper's count accuracy), compared with the given count.
+
+        Returns:
+            ``{"elbo": (nats per image, se)}``, plus ``"count_accuracy": (fraction, se)``
+            (binomial standard error ``sqrt(p (1 - p) / n)``) when ``data`` is
+            ``(images, counts)``.
+        """
+        images, counts = data if isinstance(data, tuple) else (data, None)
+        images = jnp.asarray(images)
+        k_elbo, k_count = jax.random.split(key)
+        n = images.shape[0]
+        out = {"elbo": mean_and_error(np.asarray(_elbos(self, params, jax.random.split(k_elbo, n), images, samples)))}
+        if counts is not None:
+            inferred = np.asarray(_counts(self, params, jax.random.split(k_count, n), images))
+            p = float(np.mean(inferred == np.asarray(counts).reshape(-1)))
+            out["count_accuracy"] = (p, math.sqrt(p * (1.0 - p) / n))
+        return out
 
 
-def make_air(config: AIRConfig | None = None) -> AIR:
-    """Build the AIR model and guide for ``config``.
+@eqx.filter_jit
+def _sample(air: AIR, params, keys):
+    return jax.vmap(lambda k: air.model.bind(params).simulate(k, None).retval)(keys)
+
+
+@eqx.filter_jit
+def _elbos(air: AIR, params, keys, images, samples):
+    return jax.vmap(lambda k, x: air.objective.estimate(k, params, x, samples=samples))(keys, images)
+
+
+@eqx.filter_jit
+def _counts(air: AIR, params, keys, images):
+    def one(k, x):
+        return count_objects(air.guide.bind(params).simulate(k, x).choices, air.config.steps)
+
+    return jax.vmap(one)(keys, images)
+
+
+def make_air(config: AIRConfig | None = None, *, strategy: Any = None) -> AIR:
+    """Build the AIR model and guide for ``config``, and the ELBO of one image with ``strategy`` at ``z_pres``.
+
+    Args:
+        config: the sizes and priors (default ``AIRConfig()``).
+        strategy: the gradient strategy of the ``z_pres`` sites in ``air.objective``:
+            default ``Reinforce(baseline=air.baseline)`` (REINFORCE with the learned,
+            image-dependent baseline, as in the paper); ``ENUM`` sums the ``2^steps``
+            presence patterns exactly; ``MVD`` or another ``Reinforce`` are unbiased too
+            (``Relaxed``, biased, is refused unless built with ``allow_bias=True``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -238,7 +332,8 @@ def make_air(config: AIRConfig | None = None) -> AIR:
 
     @gendsl.model
     def model(image):
-        _check_image(image, c)
+        if image is not None:  # None: the image is drawn (sampling)
+            _check_image(image, c)
         decoder = gendsl.module("decoder", lambda k: _decoder(c, k))
         canvas = jnp.zeros((c.canvas, c.canvas))
         present = jnp.array(1.0)
@@ -279,7 +374,42 @@ def make_air(config: AIRConfig | None = None) -> AIR:
                     f"z_what_{t}", dist.Normal(enc[: c.what], jax.nn.softplus(enc[c.what :]) + 1e-3).to_event(1)
                 )
 
-    return AIR(c, model, guide, _learned_baseline(c))
+    baseline = _learned_baseline(c)
+    strategy = Reinforce(baseline=baseline) if strategy is None else strategy
+    return AIR(c, model, guide, baseline, strategy, _objective(c, model, guide, strategy))
+
+
+def _objective(c: AIRConfig, model, guide, strategy) -> Expectation:
+    bound = elbo(model, with_strategy(guide, strategy))
+
+    def air_elbo(params, data):
+        return bound.fn(params, _one_image(data, c))
+
+    def init(key, data, **kwargs):
+        image = _first_image(data, c)
+        params = {**model.init(jax.random.fold_in(key, 0), image), **guide.init(jax.random.fold_in(key, 1), image)}
+        return params, {}
+
+    return expectation(air_elbo, models=(model, guide), init=init)
+
+
+def _one_image(data, c: AIRConfig) -> jax.Array:
+    """The image of one data point: an image, a batch of one (``SVI(per_point=True)``), or the first of a tuple."""
+    image = data[0] if isinstance(data, (tuple, list)) else data
+    if jnp.shape(image) == (1, c.canvas, c.canvas):
+        image = image[0]
+    if jnp.shape(image) != (c.canvas, c.canvas):
+        raise ValueError(
+            f"AIR.objective: expected one image of shape ({c.canvas}, {c.canvas}) (or a batch of one), got "
+            f"{jnp.shape(image)}; it is the ELBO of one image: train with SVI(air.objective, optimizer, "
+            "per_point=True), which applies it to each image of a minibatch and sums"
+        )
+    return image
+
+
+def _first_image(data, c: AIRConfig) -> jax.Array:
+    images = jnp.asarray(data[0] if isinstance(data, (tuple, list)) else data)
+    return images if images.ndim == 2 else images.reshape(-1, c.canvas, c.canvas)[0]
 
 
 def _learned_baseline(c: AIRConfig):
@@ -287,8 +417,8 @@ def _learned_baseline(c: AIRConfig):
     shapes = eqx.filter_eval_shape(_baseline_net, c, jax.random.key(0))
     static = eqx.partition(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct))[1]
 
-    def baseline(params: dict[str, Any], image: jax.Array) -> jax.Array:
-        return eqx.combine(params["baseline"], static)(image.reshape(-1))
+    def baseline(params: dict[str, Any], data) -> jax.Array:
+        return eqx.combine(params["baseline"], static)(_one_image(data, c).reshape(-1))
 
     baseline.__doc__ = "Learned baseline ``b(params, image)``: an MLP on the image (parameters ``params['baseline']``)."
     return baseline
