@@ -46,6 +46,7 @@ from gendsl import GendslError
 from gendsl.inference._estimator import value_and_grad
 from gendsl.inference._expectation import Expectation
 from gendsl.inference._params import init_params, strongly_typed, transforms
+from gendsl.inference._sharding import DataParallel, addressable, leading
 from gendsl.internal import as_key
 
 __all__ = ["SVI", "ChunkInfo", "DivergenceError", "NonFiniteError", "SVIInfo", "SVIRunResult", "SVIState"]
@@ -163,6 +164,8 @@ class SVIRunResult:
         best_step: with ``validate``, the global step of the best validation value (the state
             returned when early stopping stopped the run), else None.
         validation: with ``validate``, the ``(step, value)`` pairs evaluated in this run.
+        error: from ``fit_many``, the ``NonFiniteError`` (or ``DivergenceError``) that stopped
+            this fit, which ``run`` raises instead; else None.
     """
 
     state: SVIState
@@ -173,6 +176,7 @@ class SVIRunResult:
     ema_params: Any = None
     best_step: int | None = None
     validation: list = dataclasses.field(default_factory=list)
+    error: NonFiniteError | None = None
 
 
 class SVI:
@@ -320,6 +324,7 @@ class SVI:
         validate: Callable[[Any], float] | None = None,
         validate_every: int | None = None,
         patience: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
         **kwargs,
     ) -> SVIRunResult:
         """Take ``num_steps`` steps, ``chunk_size`` per compiled ``lax.scan``.
@@ -360,6 +365,14 @@ class SVI:
             patience: stop after this many validations in a row without improvement and
                 return the best state (``result.stopped``); None: never stop early. The
                 bookkeeping is per call: a resumed run starts a new best.
+            mesh: data parallelism over a ``jax.sharding.Mesh`` (``data_mesh(n)``): each step's
+                minibatch (the first argument's leading axis, drawn as without a mesh) is split
+                over the mesh's devices, the state and the other arguments are replicated, and
+                XLA inserts the all-reduces; the update is the one-device update, up to the order
+                of float sums (docs/scale.md). The batch (``batch_size``, or the whole data) must
+                be a multiple of the mesh's size. A ``state`` from any device layout is accepted;
+                the result's arrays are replicated on the mesh (``jax.device_get`` gives numpy).
+                None: one device, the program of earlier versions.
 
         Raises:
             NonFiniteError: the objective or gradient became non-finite; the callback has
@@ -395,9 +408,24 @@ class SVI:
             n_data = jax.tree_util.tree_leaves(data)[0].shape[0]
             if not 1 <= batch_size <= n_data:
                 raise ValueError(f"run: batch_size must be in [1, {n_data}], got {batch_size}")
+        parallel = None if mesh is None else DataParallel(mesh)
+        if parallel is not None:
+            parallel.check_divides(batch_size or leading(data), "batch_size" if batch_size else "the data")
+            data, rest, k_batches = parallel.place_data(data), parallel.replicate(rest), parallel.replicate(k_batches)
         if state is None:
             first = _take(data, jnp.arange(batch_size)) if batch_size else data
-            state = self.init(k_init, *((first, *rest) if args else ()), **kwargs)
+            init_args = (first, *rest) if args else ()
+            if parallel is not None and not addressable((init_args, kwargs)):
+                # A global array of several processes: no process can look at its values, so
+                # initialize under jit (the value checks of init skip traced values).
+                state = jax.jit(lambda k, a: self.init(k, *a, **kwargs))(k_init, init_args)
+            else:
+                state = self.init(k_init, *init_args, **kwargs)
+        if parallel is not None:
+            state = parallel.replicate(state)
+        elif _on_several_devices(state):
+            # A state from a data-parallel run, continued on one device.
+            state = jax.device_put(state, jax.devices()[0])
         if ema is not None and state.ema is None:
             state = dataclasses.replace(state, ema=state.params)
         elif ema is None and state.ema is not None:
@@ -406,7 +434,11 @@ class SVI:
                 "with dataclasses.replace(state, ema=None)"
             )
         length = min(chunk_size, num_steps)
-        chunk = jax.jit(self._make_chunk(batch_size, n_data, length, kwargs, ema))
+        if parallel is None:
+            chunk = jax.jit(self._make_chunk(batch_size, n_data, length, kwargs, ema))
+        else:
+            chunk = jax.jit(self._make_chunk(batch_size, n_data, length, kwargs, ema, parallel.constrain),
+                            out_shardings=parallel.replicated)
         tracker = _Validation(validate, patience, self.get_ema_params if ema is not None else self.get_params)
         boundaries = [b for b in (align, validate_every) if b is not None]
 
@@ -463,7 +495,7 @@ class SVI:
             bar.close()
         return self._result(state, values, compiled_at, stopped, tracker)
 
-    def _make_chunk(self, batch_size, n_data, length, kwargs, ema):
+    def _make_chunk(self, batch_size, n_data, length, kwargs, ema, constrain=None):
         def chunk(state, inputs, n_valid, scale, limit):
             key, data, rest = inputs
 
@@ -477,6 +509,8 @@ class SVI:
                     args = (_take(data, idx), *rest)
                 else:
                     args = (data, *rest) if data is not None else ()
+                if constrain is not None and args:
+                    args = (constrain(args[0]), *args[1:])
                 new, info = self.step(s, *args, **kwargs)
                 if ema is not None:
                     average = jax.tree_util.tree_map(lambda e, p: ema * e + (1.0 - ema) * p, s.ema, new.params)
@@ -564,6 +598,8 @@ def _non_finite_hint(args, kwargs) -> str:
     """
     bad = total = 0
     for leaf in jax.tree_util.tree_leaves((args, kwargs)):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            continue  # a global array of several processes: this process cannot see all of it
         arr = np.asarray(leaf) if isinstance(leaf, (np.ndarray, jax.Array, float)) else None
         if arr is not None and np.issubdtype(arr.dtype, np.inexact):
             bad += int(arr.size - np.isfinite(arr).sum())
@@ -572,6 +608,10 @@ def _non_finite_hint(args, kwargs) -> str:
         return (f"the data holds {bad} NaN or infinite values of {total}: clean it, or mask the missing entries "
                 "with gendsl.handlers.mask")
     return "lower the learning rate, or check the model's support and initialization"
+
+
+def _on_several_devices(tree) -> bool:
+    return any(isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 for a in jax.tree_util.tree_leaves(tree))
 
 
 def _take(data, idx):
