@@ -157,12 +157,18 @@ class DiffuseVAE:
         prior); the posterior means are more concentrated than the prior.
         """
         encoder = eqx.combine(vae_params["encoder"], self._encoder_static)
-        decoder = eqx.combine(vae_params["decoder"], self._decoder_static)
         out = jax.vmap(encoder)(xs)
         z = out[:, : self.latent]
         if key is not None:
             z = z + (jax.nn.softplus(out[:, self.latent :]) + 1e-3) * jax.random.normal(key, z.shape)
-        return jax.vmap(decoder)(z)
+        return self.decode(vae_params, z)
+
+    def decode(self, vae_params, z) -> jax.Array:
+        """The VAE decoder's means ``decoder(z)`` of a batch of latents ``z`` (``(n, latent)``).
+
+        With ``z ~ N(0, I)`` these are the VAE's own samples (as means), which ``sample`` refines.
+        """
+        return jax.vmap(eqx.combine(vae_params["decoder"], self._decoder_static))(z)
 
     def sample(self, *args, steps: int = 50) -> jax.Array:
         """``z ~ N(0, I)``, ``x_hat = decoder(z)``, then DDIM (``steps``) conditioned on ``x_hat``.
@@ -179,8 +185,7 @@ class DiffuseVAE:
             raise TypeError(f"DiffuseVAE.sample(params, key, n) or (vae_params, ddpm_params, key, n); got {len(args)} "
                             "positional arguments")
         k_z, k_x = jax.random.split(key)
-        decoder = eqx.combine(vae["decoder"], self._decoder_static)
-        x_hat = jax.vmap(decoder)(jax.random.normal(k_z, (n, self.latent)))
+        x_hat = self.decode(vae, jax.random.normal(k_z, (n, self.latent)))
         return self.ddpm.sample(ddpm, k_x, n, method="ddim", steps=steps, cond=(x_hat,))
 
     def evaluate(self, params, data, key, *, samples: int = 1, steps: int = 50) -> dict:
@@ -219,8 +224,7 @@ class DiffuseVAE:
         k_z, k_ddpm = jax.random.split(key)
         q = self.vae_guide.bind(vae).simulate(k_z, x[None])
         p = gendsl.model(handlers.condition(self.vae_model, data=q.choices)).bind(vae).simulate(k_z, x[None])
-        decoder = eqx.combine(vae["decoder"], self._decoder_static)
-        ddpm_elbo = self.ddpm.elbo.elbo(params["ddpm"], k_ddpm, x, decoder(q.choices["z"][0]))
+        ddpm_elbo = self.ddpm.elbo.elbo(params["ddpm"], k_ddpm, x, self.decode(vae, q.choices["z"])[0])
         return jnp.sum(p.log_probs["z"]) + ddpm_elbo - q.score, p.score - q.score
 
 
