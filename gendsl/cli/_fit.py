@@ -253,7 +253,7 @@ class _Progress:
 
     def _divergence(self, step: int, objective: float) -> str | None:
         """A warning line when the held-out ELBO or the training objective has worsened by orders of magnitude."""
-        per = " per data point" if self.setup.options["batch_size"] and self.setup.kind.kind == "vi" else ""
+        per = " per data point" if self.setup.options["batch_size"] and _sums_points(self.setup) else ""
         column = "objective_per_point" if per else "objective"
         held = "held-out ELBO" if self.column == "held_out_elbo" else "held-out objective"
         for what, start, now in ((held, self._start(self.column), self.last["held_out"]),
@@ -269,8 +269,9 @@ class _Progress:
         self.wall += now - self.t0
         self.t0 = now
         o = self.setup.options
-        # A Trainable's objective is already per data point (a mean over the batch); a VI bound is a sum.
-        batch, steps = (o["batch_size"] if self.setup.kind.kind == "vi" else None), o["steps"]
+        # A Trainable's objective is usually a mean over the batch already; a VI bound, or a per_point
+        # Trainable's objective (summed over the batch by SVI), is a sum.
+        batch, steps = (o["batch_size"] if _sums_points(self.setup) else None), o["steps"]
         start = info.step - len(info.objective)
         new_rows = [
             {"step": start + i + 1, "objective": float(v),
@@ -301,6 +302,11 @@ class _Progress:
         self.bar.update(len(info.objective))
         self.t0 = time.perf_counter()  # checkpoints and evaluation are not training time
         return self.signals.received is not None
+
+
+def _sums_points(setup: Setup) -> bool:
+    """Whether a step's objective is a sum over the minibatch's points (shown divided by the batch size)."""
+    return setup.kind.kind == "vi" or setup.built.svi_per_point
 
 
 def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> int:
@@ -572,12 +578,13 @@ def _write_direct_outputs(setup: Setup, folder: RunFolder, rows, config, wall: f
     """Outputs of a Trainable or objective run: loss plot, summary.txt, config.json, report (no posterior)."""
     o = setup.options
     _outputs.plot_loss(rows, folder, _title(setup), nats=setup.kind.kind == "vi")
-    final, n_tail = _final_objective(rows, "objective")
+    per = o["batch_size"] is not None and _sums_points(setup)  # a per_point Trainable: per data point
+    final, n_tail = _final_objective(rows, "objective_per_point" if per else "objective")
     held = [r for r in rows if r.get("held_out_objective") is not None]
     lines = [f"gendsl fit {setup.program.path}  (gendsl {gendsl.__version__})",
              _banner(setup, 0).splitlines()[1].strip() + f"; {o['steps']} steps; {wall:.1f} s of training",
              f"optimizer {o['optimizer']} lr {o['lr']:g} ({o['schedule']}{_training_line(o)})",
-             f"final objective (mean of the last {n_tail} steps): {final:.4f}"]
+             f"final objective{' per data point' if per else ''} (mean of the last {n_tail} steps): {final:.4f}"]
     if held:
         lines.append(f"held-out objective: {held[0]['held_out_objective']:.4f} at step {held[0]['step']}, "
                      f"{held[-1]['held_out_objective']:.4f} at step {held[-1]['step']}")
@@ -595,7 +602,7 @@ def _write_direct_outputs(setup: Setup, folder: RunFolder, rows, config, wall: f
               f"{held[-1]['held_out_objective']:.4g} at step {held[-1]['step']}")
     if early:
         print(f"early stopping: best held-out objective at step {early['best_step']} (restored)")
-    print(f"final training objective: {final:.4g}")
+    print(f"final training objective{' per data point' if per else ''}: {final:.4g}")
     if warning:
         print(warning)
     files = [RunFolder.PARAMS, *([RunFolder.EMA_PARAMS] if o.get("ema") else []), RunFolder.METRICS,
