@@ -1,8 +1,8 @@
 """The paper-model examples as `gendsl fit` programs (issue 14): each trains, evaluates, samples and resumes.
 
-Fast suite: every example takes 20 training steps through `gendsl fit` (compilation dominates). Slow suite:
-fit -> eval -> sample -> report on each, and a run stopped at step 10 and resumed equals the uninterrupted
-20-step run bit for bit (checkpoint, parameters and EMA).
+Fast suite: every example but the three costliest to compile takes 20 training steps through `gendsl fit`
+(compilation dominates). Slow suite: those three too, and fit -> eval -> sample -> report on each, and a run
+stopped at step 10 and resumed equals the uninterrupted 20-step run bit for bit (checkpoint, parameters, EMA).
 """
 
 import json
@@ -21,6 +21,11 @@ CASES = {
     "diffusion_edm.py": (["--batch-size", "64"], ["--limit", "40", "--probes", "1"], ["--sampling-steps", "6"]),
     "diffusion_vdm_digits.py": (["--batch-size", "32"], ["--data", "test", "--limit", "40"],
                                 ["--sampling-steps", "10"]),
+    "diffusion_ddpm_cfg.py": (["--batch-size", "64"], ["--limit", "40", "--samples", "2"],
+                              ["--class", "1", "--guidance-scale", "2", "--sampler", "ddim", "--sampling-steps", "5"]),
+    "diffusion_diffusevae.py": (["--batch-size", "32"], ["--limit", "40", "--samples", "2"],
+                                ["--sampling-steps", "5"]),
+    "air_multi_mnist.py": (["--batch-size", "4", "--data", "{mnist}"], ["--limit", "12", "--samples", "2"], []),
     "flow_moons.py": (["--batch-size", "64"], ["--limit", "40"], ["--sampling-steps", "6"]),
     "pfgmpp_moons.py": (["--batch-size", "64"], ["--limit", "40"], ["--sampling-steps", "6"]),
 }
@@ -32,17 +37,39 @@ def _arrays(path):
         return {k: f[k] for k in f.files if k != "__meta__"}
 
 
-def _fit(gendsl_cli, name, out, *extra):
-    fit, _, _ = CASES[name]
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """A stand-in MNIST folder: 60 random 28x28 images in IDX format (the examples take the folder with --data)."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("mnist")
+    images = np.random.default_rng(0).integers(0, 256, size=(60, 28, 28)).astype(np.uint8)
+    header = b"".join(int(v).to_bytes(4, "big") for v in (2051, *images.shape))
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + images.tobytes())
+    return folder
+
+
+def _options(name, mnist):
+    return [[str(mnist) if a == "{mnist}" else a for a in part] for part in CASES[name]]
+
+
+def _fit(gendsl_cli, name, out, mnist, *extra):
+    fit, _, _ = _options(name, mnist)
     result = gendsl_cli("fit", EXAMPLES / name, "--out", out, *SHORT, *fit, *extra)
     assert result.code == 0, result.err
     return result
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_example_trains_with_gendsl_fit(name, gendsl_cli, tmp_path):
+# Compilation of these takes 20-60 s on two cores (AIR's recurrent guide and REINFORCE gradient, the T-step
+# DDPM chains): their 20-step fit runs in the slow suite, with the rest of their pipeline.
+COSTLY = {"air_multi_mnist.py", "diffusion_ddpm_cfg.py", "diffusion_diffusevae.py"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in COSTLY else n for n in sorted(CASES)])
+def test_example_trains_with_gendsl_fit(name, gendsl_cli, tmp_path, mnist):
     out = tmp_path / "run"
-    _fit(gendsl_cli, name, out)
+    _fit(gendsl_cli, name, out, mnist)
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "completed" and config["resolved"]["kind"] == "trainable"
     rows = (out / "metrics.csv").read_text().splitlines()
@@ -52,10 +79,10 @@ def test_example_trains_with_gendsl_fit(name, gendsl_cli, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_example_fit_eval_sample_report_and_resume(name, gendsl_cli, tmp_path):
-    _, evaluate, sample = CASES[name]
+def test_example_fit_eval_sample_report_and_resume(name, gendsl_cli, tmp_path, mnist):
+    fit, evaluate, sample = _options(name, mnist)
     prog, whole = EXAMPLES / name, tmp_path / "whole"
-    _fit(gendsl_cli, name, whole)
+    _fit(gendsl_cli, name, whole, mnist)
     r = gendsl_cli("eval", prog, "--run", whole, *evaluate)
     assert r.code == 0, r.err
     metrics = json.loads((whole / "eval.json").read_text())["metrics"]
@@ -90,7 +117,7 @@ def test_example_fit_eval_sample_report_and_resume(name, gendsl_cli, tmp_path):
             return original(self, info)
 
         patch.setattr(fit_module._Progress, "__call__", terminated_at_10)
-        r = gendsl_cli("fit", prog, "--out", part, *SHORT, *CASES[name][0])
+        r = gendsl_cli("fit", prog, "--out", part, *SHORT, *fit)
     assert r.code == 128 + signal.SIGTERM and "SIGTERM: stopped at step 10" in r.err
     r = gendsl_cli("fit", prog, "--out", part, "--resume", "--quiet")
     assert r.code == 0, r.err
