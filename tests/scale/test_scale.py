@@ -177,3 +177,8 @@ def test_when_one_process_dies_the_other_exits_with_an_error_instead_of_hanging(
     assert code1 == 1 and "exiting abruptly" in out1
     assert code0 != 0 and seconds < 120
     assert "another task died" in err0 and "heartbeat" in err0
+
+
+@pytest.mark.slow
+def test_the_examples_of_docs_scale_md_run_as_written():
+    assert "docs/scale.md: ok" in _worker("_docs.py").stdout
