@@ -406,7 +406,7 @@ class DDPM:
 
     def sample(self, params, key, n: int, *, method: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                labels=None, guidance: float = 0.0, cond: tuple = ()) -> jax.Array:
-        """``n`` samples by ancestral DDPM or DDIM (``steps`` evenly spaced times).
+        """``n`` samples by ancestral DDPM (``method="ddpm"`` or ``"ancestral"``) or DDIM (``steps`` even times).
 
         ``labels`` (one or ``n``) with ``guidance`` ``w`` for a class-conditional
         model (classifier-free guidance); ``cond`` for a vector-conditioned one.
@@ -417,12 +417,12 @@ class DDPM:
                 raise ValueError("DDPM.sample: this model is class-conditional; pass labels")
             eps_fn = guided(self.eps, guidance, self.num_classes)
             cond = (jnp.broadcast_to(jnp.asarray(labels), (n,)),)
-        if method == "ddpm":
+        if method in ("ddpm", "ancestral"):
             return ddpm_sample(eps_fn, params, key, self.alpha_bar, (n, *self.shape), cond=cond)
         if method == "ddim":
             times = np.linspace(self.T, 0, (steps or self.T) + 1).round().astype(int)
             return ddim_sample(eps_fn, params, key, self.alpha_bar, times, (n, *self.shape), eta=eta, cond=cond)
-        raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
+        raise ValueError(f"method must be 'ddpm' (or 'ancestral') or 'ddim', got {method!r}")
 
 
 def _unpack(data, cond: tuple) -> tuple:
