@@ -82,8 +82,9 @@ def fit_many(
             of its hyperparameters.
         mesh: split the fits over this mesh's devices (``data_mesh(n)``; the number of fits
             must be a multiple of its size). None: the default device.
-        callback: called after every chunk with one ``ChunkInfo`` per fit; returning True
-            stops all fits (each result's ``stopped``).
+        callback: called after every chunk with one ``ChunkInfo`` per fit (its state, global
+            step, and the objective of the steps it took in the chunk: none once it has
+            stopped); returning True stops all fits (each result's ``stopped``).
 
     Returns:
         One ``SVIRunResult`` per fit, in the order of ``keys``. A fit stopped by a non-finite
@@ -173,14 +174,16 @@ def fit_many(
             guarded = np.asarray(guarded)
             if compiled_at is None:
                 compiled_at = (time.perf_counter(), done + n_valid)
+            taken = np.zeros(fits, int)  # this chunk's steps of each fit (0 for one stopped earlier)
             for i in np.flatnonzero(alive):
-                good = int(np.argmin(finite[i])) if not finite[i].all() else n_valid
-                values[i].extend(objective[i, :good].tolist())
-                if good < n_valid:
-                    failures[i] = (int(at[i]) + good + 1, float(objective[i, good]), float(guarded[i]))
+                taken[i] = int(np.argmin(finite[i])) if not finite[i].all() else n_valid
+                values[i].extend(objective[i, : taken[i]].tolist())
+                if taken[i] < n_valid:
+                    failures[i] = (int(at[i]) + taken[i] + 1, float(objective[i, taken[i]]), float(guarded[i]))
             stacked, done = new, done + n_valid
             if callback is not None:
-                infos = [ChunkInfo(_fit(stacked, i), int(_fit(stacked, i).step), objective[i]) for i in range(fits)]
+                infos = [ChunkInfo(_fit(stacked, i), int(at[i]) + int(taken[i]), objective[i, : taken[i]])
+                         for i in range(fits)]
                 stopped = bool(callback(infos))
             bar.update(n_valid)
             bar.set_postfix(objective=f"{np.mean(objective[alive]) if alive.any() else np.nan:.4g}",

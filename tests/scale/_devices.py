@@ -24,6 +24,7 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=25)
     parser.add_argument("--resume", action="store_true", help="also: half the steps on most devices, rest on 2 / none")
     parser.add_argument("--inspect", action="store_true", help="also: the compiled step's shardings and collectives")
+    parser.add_argument("--full", action="store_true", help="also: full-batch runs (no batch_size) on each mesh")
     parser.add_argument("--light", action="store_true", help="compile with jax_disable_most_optimizations")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.devices.split(",")]
@@ -66,6 +67,12 @@ def main(argv=None):
             "devices": sorted({len(a.sharding.device_set) for a in leaves}),
             "compilations": compiles.count,  # of the chunk, for a run of several chunks
         }
+    if args.full:
+        out["full"] = {}
+        for d in counts:
+            mesh = None if d == 0 else data_mesh(d)
+            result = svi.run(key, 10, data, *extra, chunk_size=5, progress=False, mesh=mesh)
+            out["full"][str(d)] = {"objective": result.objective.tolist(), "params": flat(result.params)}
     if args.resume:
         half = args.steps // 2
         first = run(max(counts), half)

@@ -79,7 +79,7 @@ def test_two_devices_train_like_one_and_the_batch_is_really_split(tmp_path):
     "case", ["vae", "reinforce", "enum", "flow-matching", "mvd", "iwelbo-dreg", "vimco-per-point", "ddpm"]
 )
 def test_one_two_and_eight_devices_give_the_same_fit(tmp_path, case):
-    flags = ("--resume",) if case == "vae" else ()
+    flags = ("--resume", "--full") if case == "vae" else ()
     out = _devices(tmp_path, case, "0,1,2,8" if case == "vae" else "0,2,8", "--inspect", *flags)
     one = out["runs"]["0"]
     assert len(one["objective"]) == 50 and np.all(np.isfinite(one["objective"]))
@@ -97,6 +97,8 @@ def test_one_two_and_eight_devices_give_the_same_fit(tmp_path, case):
         for n in ("2", "0"):
             _same_run(out["resume"][n], one)
         assert out["resume"]["host_leaves_are_numpy"]
+        for n in ("1", "2", "8"):  # without batch_size: the whole data set split over the devices
+            _same_run(out["full"][n], out["full"]["0"])
 
 
 @pytest.mark.slow
@@ -119,8 +121,12 @@ def test_a_failing_fit_stops_alone_and_carries_its_error():
     """Ascent on log(w) - 2w from w = 1: lr 0.1 converges to 0.5; lr 10 jumps to w = -9, where log is NaN."""
     objective = expectation(lambda p: jnp.log(p["w"]) - 2.0 * p["w"], init=lambda key: ({"w": jnp.float32(1.0)}, {}))
     svi = SVI(objective, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1))
+    seen = []
     results = fit_many(svi, [0, 0], 200, progress=False, chunk_size=50, divergence=None,
-                       hyperparams={"learning_rate": jnp.array([0.1, 10.0])})
+                       hyperparams={"learning_rate": jnp.array([0.1, 10.0])},
+                       callback=lambda infos: seen.append([(i.step, len(i.objective)) for i in infos]))
+    # The failed fit took one step, then stays at its last finite state.
+    assert seen == [[(50 * c, 50), (1, 1 if c == 1 else 0)] for c in (1, 2, 3, 4)]
     good, bad = results
     assert good.error is None and len(good.objective) == 200 and abs(float(good.params["w"]) - 0.5) < 1e-4
     assert isinstance(bad.error, NonFiniteError) and not isinstance(bad.error, DivergenceError)
