@@ -245,16 +245,13 @@ class AIR:
 
     def init_params(self, key, data) -> dict:
         """Initial parameters of the model and the guide (``data``: images, ``(images, counts)`` or one image)."""
-        image = _first_image(data, self.config)
-        return {**self.model.init(jax.random.fold_in(key, 0), image),
-                **self.guide.init(jax.random.fold_in(key, 1), image)}
+        return _init_params(self.model, self.guide, self.config, key, data)
 
     def sample(self, params, key, n: int) -> jax.Array:
         """``n`` canvases ``(n, canvas, canvas)`` drawn from the model's prior.
 
-        Each is the mean of the image's Normal (the sum of the decoded objects), not a
-        noisy image: the pixel noise ``pixel_noise`` is the likelihood's, not part of
-        what the model draws objects as.
+        Each is the sum of the decoded objects, the mean of the image's Normal likelihood:
+        the likelihood's pixel noise (``pixel_noise``) is left out, as in the paper's figures.
         """
         return _sample(self, params, jax.random.split(key, n))
 
@@ -386,9 +383,7 @@ def _objective(c: AIRConfig, model, guide, strategy) -> Expectation:
         return bound.fn(params, _one_image(data, c))
 
     def init(key, data, **kwargs):
-        image = _first_image(data, c)
-        params = {**model.init(jax.random.fold_in(key, 0), image), **guide.init(jax.random.fold_in(key, 1), image)}
-        return params, {}
+        return _init_params(model, guide, c, key, data), {}  # no constrained parameters
 
     return expectation(air_elbo, models=(model, guide), init=init)
 
@@ -407,9 +402,11 @@ def _one_image(data, c: AIRConfig) -> jax.Array:
     return image
 
 
-def _first_image(data, c: AIRConfig) -> jax.Array:
+def _init_params(model, guide, c: AIRConfig, key, data) -> dict:
+    """The model's and the guide's parameters, initialized on the first image of ``data``."""
     images = jnp.asarray(data[0] if isinstance(data, (tuple, list)) else data)
-    return images if images.ndim == 2 else images.reshape(-1, c.canvas, c.canvas)[0]
+    image = images if images.ndim == 2 else images.reshape(-1, c.canvas, c.canvas)[0]
+    return {**model.init(jax.random.fold_in(key, 0), image), **guide.init(jax.random.fold_in(key, 1), image)}
 
 
 def _learned_baseline(c: AIRConfig):
