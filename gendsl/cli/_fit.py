@@ -53,7 +53,7 @@ from gendsl.inference import DivergenceError, NonFiniteError, elbo, held_out_est
 __all__ = ["fit", "versions", "RESUMABLE"]
 
 # Options a resumed run may change; any other must equal the run's (the result would differ otherwise).
-RESUMABLE = ("steps", "checkpoint_every", "device", "out", "posterior_draws", "posterior_points", "data",
+RESUMABLE = ("steps", "checkpoint_every", "device", "devices", "out", "posterior_draws", "posterior_points", "data",
              "stop_on_divergence")
 # An objective (to maximize) that falls below its start by more than this many times its starting magnitude
 # (at least 1) has diverged: two orders of magnitude, far beyond the noise of a healthy run.
@@ -347,6 +347,7 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
             "train_shapes": shapes(setup.data.train),
             "test_shapes": shapes(setup.data.test) if setup.data.test is not None else None,
             "device": str(jax.devices()[0]) if options["device"] == "auto" else options["device"],
+            "devices": setup.mesh.size if setup.mesh is not None else 1,
         },
         # Ties params.npz and checkpoint.npz to this config (eval/sample check it); kept across resumes.
         "run_id": saved.get("run_id") if saved is not None and saved.get("run_id") else uuid.uuid4().hex,
@@ -378,7 +379,8 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
                              "patience": options["patience"]} if options.get("validate_every") else {})
                 result = svi.run(k_train, steps - start_step, setup.data.train, batch_size=options["batch_size"],
                                  chunk_size=options["chunk_size"], progress=False, state=state, callback=progress,
-                                 align=options["checkpoint_every"], ema=options.get("ema"), **validate)
+                                 align=options["checkpoint_every"], ema=options.get("ema"), mesh=setup.mesh,
+                                 **validate)
                 state = result.state
                 if (result.stopped and result.best_step is not None and signals.received is None
                         and progress.diverged_at is None):
@@ -525,6 +527,7 @@ def _resolved_direct(setup: Setup) -> dict:
         "train_shapes": shapes(setup.data.train),
         "test_shapes": shapes(setup.data.test) if setup.data.test is not None else None,
         "device": str(jax.devices()[0]) if setup.options["device"] == "auto" else setup.options["device"],
+        "devices": setup.mesh.size if setup.mesh is not None else 1,
     }
 
 
@@ -535,13 +538,17 @@ def _training_line(o: dict) -> str:
     return "".join(f", {e}" for e in extras if e)
 
 
+def _on_devices(setup: Setup) -> str:
+    return f", split over {setup.mesh.size} devices" if setup.mesh is not None else ""
+
+
 def _banner(setup: Setup, start: int) -> str:
     o = setup.options
     if setup.kind.kind != "vi":
         what = (f"Trainable `{setup.kind.name}` ({type(setup.kind.trainable).__name__})"
                 if setup.kind.kind == "trainable" else "objective `objective`")
         data = (f"minibatches of {o['batch_size']} of {setup.n_train} training points" if setup.batched
-                else "full data every step")
+                else "full data every step") + _on_devices(setup)
         return (f"gendsl fit {setup.program.path} -> {o['out']}\n  {what}\n"
                 f"  {o['optimizer']} lr {o['lr']:g} ({o['schedule']}{_training_line(o)}); {o['steps']} steps"
                 f"{f', resuming at step {start}' if start else ''}; {data}; seed {o['seed']}")
@@ -551,6 +558,7 @@ def _banner(setup: Setup, start: int) -> str:
     if setup.data.test is not None:
         n_test = jax.tree_util.tree_leaves(setup.data.test)[0].shape[0] if setup.batched else None
         data += f" ({n_test} held out)" if n_test else " (with test data)"
+    data += _on_devices(setup)
     k = f", K={setup.built.particles}" if setup.built.particles else ""
     point = ", per data point" if setup.per_point else ""
     resumed = f", resuming at step {start}" if start else ""

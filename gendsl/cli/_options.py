@@ -122,6 +122,16 @@ def optional(check: Callable) -> Callable:
     return run
 
 
+def device_count(value) -> int | str:
+    """A positive int (devices of a data mesh) or ``"all"``."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    try:
+        return positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a positive number of devices or 'all', got {show(value)}") from None
+
+
 def one_of(*names: str) -> Callable:
     """A string among ``names`` (case-insensitive)."""
 
@@ -243,6 +253,10 @@ FIT_OPTIONS = (
            "--method nuts: vectorized runs all chains in one compiled program (default; one device), sequential "
            "one after another, parallel one device per chain", "NAME"),
     Option("device", one_of(*DEVICES), "auto", "run on cpu or gpu (default: JAX's default device)", "cpu|gpu"),
+    Option("devices", optional(device_count), None,
+           "data parallelism: split each minibatch over N devices of a 1-D mesh (or 'all'); the batch must be a "
+           "multiple of N; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N host devices "
+           "(default: one device)", "N|all"),
     Option("out", optional(text), None, "output directory (default: runs/<program name>)", "DIR"),
 )
 

@@ -46,6 +46,8 @@ class Setup:
         svi: the SVI object (its configuration; states come from ``init_state``).
         rules: the strategy rules, as strings.
         state: the initial SVI state (when ``prepare`` got an ``init_key``).
+        kind: the program kind.
+        mesh: the 1-D data mesh of ``--devices`` (``gendsl.inference.data_mesh``), or None.
     """
 
     program: Program
@@ -64,6 +66,7 @@ class Setup:
     rules: list[str]
     state: Any = None
     kind: Kind = dataclasses.field(default_factory=lambda: Kind("vi"))
+    mesh: Any = None
 
     @property
     def held_out_column(self) -> str:
@@ -148,9 +151,12 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
     first = take(data.train, jnp.arange(batch)) if batched else data.train
 
     _check_training_options(program, options, data)
+    mesh = _data_mesh(program, options, data, batched, n_train)
     kind = find_kind(program)
     if kind.kind != "vi":
-        return _prepare_direct(program, options, data, batched, n_train, first, kind, init_key)
+        setup = _prepare_direct(program, options, data, batched, n_train, first, kind, init_key)
+        setup.mesh = mesh
+        return setup
     model, guide, model_name, guide_name = find_models(
         program, options["model"], options["guide"], first
     )
@@ -186,11 +192,43 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
     svi = SVI(built.objective, optimizer, samples=built.samples, per_point=built.svi_per_point)
     resolved = dict(options, objective=built.name, particles=built.particles)
     setup = Setup(program, resolved, data, batched, n_train, first, model, guide, trained_guide,
-                  (model_name, guide_name), built, per_point, svi, _build.describe_rules(rules))
+                  (model_name, guide_name), built, per_point, svi, _build.describe_rules(rules), mesh=mesh)
     if init_key is not None:
         setup.state = setup.init_state(init_key)
         program.call("while tracing a training step", jax.eval_shape, svi.step, setup.state, first)
     return setup
+
+
+def _data_mesh(program: Program, options: dict, data: Data, batched: bool, n_train: int | None):
+    """The mesh of ``--devices N|all`` (None without it), checked against the batch.
+
+    Raises:
+        CLIError: more devices than JAX sees (with the CPU hint), or a batch that is not a
+            multiple of the device count.
+    """
+    devices = options.get("devices")
+    if devices is None:
+        return None
+    from gendsl.inference import data_mesh
+
+    try:
+        mesh = data_mesh(devices)
+    except ValueError as exc:
+        raise CLIError(f"--devices {devices}: {str(exc).removeprefix('data_mesh: ')}") from None
+    if batched:
+        batch = options["batch_size"]
+        if batch % mesh.size:
+            raise CLIError(f"--devices {devices}: --batch-size {batch} must be a multiple of the {mesh.size} devices "
+                           "(each gets an equal share of every minibatch)")
+    else:
+        leaves = jax.tree_util.tree_leaves(data.train)
+        n = leaves[0].shape[0] if leaves and jnp.ndim(leaves[0]) else None
+        if n is None or n % mesh.size:
+            have = f"{n} data points" if n is not None else "no data-point axis"
+            raise CLIError(f"--devices {devices}: full-batch training splits the data over the devices; the data "
+                           f"has {have}, not a multiple of {mesh.size}: give --batch-size B (a multiple of "
+                           f"{mesh.size})")
+    return mesh
 
 
 def _check_training_options(program: Program, options: dict, data: Data) -> None:
