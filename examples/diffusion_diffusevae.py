@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +57,8 @@ def main():
     params = SVI(trainable.objective, optimizer).run(jax.random.key(args.seed), args.steps, train,
                                                      batch_size=defaults["batch_size"]).params
     print(f"trained both stages ({args.steps} steps) in {time.perf_counter() - start:.0f} s")
-    decoder = eqx.combine(params["vae"]["decoder"], trainable._decoder_static)
-    decoded = np.asarray(jax.vmap(decoder)(jax.random.normal(jax.random.key(2), (len(held), trainable.latent))))
+    decoded = np.asarray(trainable.decode(params["vae"], jax.random.normal(jax.random.key(2),
+                                                                          (len(held), trainable.latent))))
     refined = np.asarray(trainable.sample(params, jax.random.key(2), len(held), steps=100))
     held = np.asarray(held)
     print(f"energy distance to the {len(held)} held-out images: VAE decoded means "

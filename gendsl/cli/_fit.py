@@ -188,10 +188,17 @@ def fit(args) -> int:
     """Run ``gendsl fit`` with parsed arguments; returns the exit code."""
     quiet = args.quiet
     program = load_program(args.program)
+    if args.resume and getattr(args, "seeds", None) is not None:
+        raise CLIError("--resume with --seeds: each seed's run is a folder of its own; resume one with gendsl fit "
+                       f"{args.program} --out OUT/seed<k> --resume")
     options, saved = _resolve(args, program)
     _nuts.check_method_options(args, options["method"])
     if options["method"] == "nuts":
         return _nuts.fit_nuts(args, program, options)
+    if options.get("seeds") is not None:
+        from gendsl.cli._seeds import fit_seeds
+
+        return fit_seeds(args, program, options)
     folder = RunFolder(options["out"])
     folder.check_unlocked()  # a busy folder fails now, not after tracing the program
     with device_context(options["device"]):
@@ -309,26 +316,9 @@ def _sums_points(setup: Setup) -> bool:
     return setup.kind.kind == "vi" or setup.built.svi_per_point
 
 
-def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> int:
-    k_train, k_eval, k_post = keys
-    options = setup.options
-    out = options["out"]
-    svi, program = setup.svi, setup.program
-    state = setup.state
-    start_step, wall_before = 0, 0.0
-    early = None
-    if saved is not None:
-        if saved.get("program_sha256") != program.sha256:
-            _say(quiet, f"warning: {program.path} changed since this run started; resuming with the new file")
-        state, meta = folder.load_tree(RunFolder.CHECKPOINT, state, "checkpoint")
-        start_step, wall_before = int(meta["step"]), float(meta.get("wall_s", 0.0))
-        if int(state.step) != start_step:
-            raise CLIError(f"{out}/checkpoint.npz: damaged (its state is at step {int(state.step)}, its header "
-                           f"says {start_step}); delete it and train again")
-    folder.create()
-    if saved is None and options.get("ema") is None and folder.has(RunFolder.EMA_PARAMS):
-        os.remove(folder.file(RunFolder.EMA_PARAMS))  # left by the run --overwrite replaced
-    steps = options["steps"]
+def run_config(args, setup: Setup, saved: dict | None, start_step: int) -> dict:
+    """The ``config.json`` of a run starting (or resuming at ``start_step``) with ``setup``."""
+    options, program = setup.options, setup.program
     config = {
         "gendsl_version": gendsl.__version__,
         "versions": versions(),
@@ -355,6 +345,30 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
         "resumed_from_step": start_step if saved is not None else None,
         "status": "running",
     }
+    return config
+
+
+def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> int:
+    k_train, k_eval, k_post = keys
+    options = setup.options
+    out = options["out"]
+    svi, program = setup.svi, setup.program
+    state = setup.state
+    start_step, wall_before = 0, 0.0
+    early = None
+    if saved is not None:
+        if saved.get("program_sha256") != program.sha256:
+            _say(quiet, f"warning: {program.path} changed since this run started; resuming with the new file")
+        state, meta = folder.load_tree(RunFolder.CHECKPOINT, state, "checkpoint")
+        start_step, wall_before = int(meta["step"]), float(meta.get("wall_s", 0.0))
+        if int(state.step) != start_step:
+            raise CLIError(f"{out}/checkpoint.npz: damaged (its state is at step {int(state.step)}, its header "
+                           f"says {start_step}); delete it and train again")
+    folder.create()
+    if saved is None and options.get("ema") is None and folder.has(RunFolder.EMA_PARAMS):
+        os.remove(folder.file(RunFolder.EMA_PARAMS))  # left by the run --overwrite replaced
+    steps = options["steps"]
+    config = run_config(args, setup, saved, start_step)
     folder.write_json(RunFolder.CONFIG, config)
     metrics = _outputs.Metrics(folder)
     rows = metrics.start(start_step if saved is not None else None)

@@ -132,6 +132,25 @@ def device_count(value) -> int | str:
         raise ValueError(f"expected a positive number of devices or 'all', got {show(value)}") from None
 
 
+def seed_list(value) -> list[int]:
+    """Seeds ``A:B`` (``A`` up to ``B - 1``, as Python's ``range``) or ``a,b,c``: distinct non-negative ints."""
+    if isinstance(value, (list, tuple)):
+        seeds = [natural_int(v) for v in value]
+    else:
+        text = str(value).strip()
+        try:
+            if ":" in text:
+                start, stop = (int(t) for t in text.split(":"))
+                seeds = list(range(start, stop))
+            else:
+                seeds = [int(t) for t in text.split(",")]
+        except ValueError:
+            raise ValueError(f"expected seeds as A:B (e.g. 0:8) or a,b,c, got {show(value)}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"expected at least one seed, all distinct and non-negative, got {show(value)}")
+    return seeds
+
+
 def one_of(*names: str) -> Callable:
     """A string among ``names`` (case-insensitive)."""
 
@@ -224,6 +243,10 @@ FIT_OPTIONS = (
            "with --validate-every: stop after M validations without improvement and restore the best state "
            "(default: never stop early)", "M"),
     Option("seed", natural_int, 0, "random seed (default 0)", "S"),
+    Option("seeds", optional(seed_list), None,
+           "independent fits, one per seed, trained together as one compiled program: A:B (seeds A..B-1) or "
+           "a,b,c; writes OUT/seed<k>/ for each (each a run folder, resumable on its own) and OUT/seeds.png "
+           "comparing their curves (default: one fit, --seed)", "A:B"),
     Option("chunk_size", positive_int, 100,
            "steps per compiled call; the progress bar, metrics and the non-finite check update once per chunk "
            "(default 100)", "N"),

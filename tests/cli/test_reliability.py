@@ -160,7 +160,7 @@ CATALOGUE = {
                              fragments=("test data has no data points",)),
     # 13: the error for a missing data folder names the folder given
     "missing-mnist-folder": Case(argv=("fit", str(EXAMPLES / "vae_mnist.py"), "--data", "{tmp}/no/mnist", "--out",
-                                       "{out}"), fragments=("--data {tmp}/no/mnist: no such folder",)),
+                                       "{out}"), fragments=("{tmp}/no/mnist: no such folder", "MNIST's IDX files")),
     # -- options on the command line
     "unknown-objective": Case(**fit("--objective", "elbow"), fragments=("unknown objective 'elbow'",)),
     "negative-lr": Case(**fit("--lr", "-1"), fragments=("--lr",)),
