@@ -23,11 +23,14 @@ step on one device against the unsharded one (<= 1.05).
 Protocol: every step compiled and warmed up, then ``--rounds`` rounds, each calling every
 configuration once in a rotating order, ``block_until_ready`` on every call; each configuration
 carries its own state forward. Reported: median and min-max ms per step, examples per second,
-the ratio of medians to ``unsharded`` and the median of the per-round ratios. Then, once per
-configuration, ``SVI.run(..., mesh=...)``'s own throughput (``steps_per_second``, after the
-first chunk) on a 4096-image data set, whole runs interleaved over ``--run-reps`` repetitions.
+the ratio of medians to ``unsharded`` and the median of the per-round ratios. Then the same for
+the program ``SVI.run(..., batch_size=B, chunk_size=C, mesh=...)`` compiles: its chunk of C steps
+in one ``lax.scan``, minibatches drawn inside from a 4096-image data set, built as ``run`` builds
+it (``svi._make_chunk``; with a mesh, the batch constraint and replicated ``out_shardings``),
+``--chunk-rounds`` interleaved rounds, ms per step.
 
-    python benchmarks/scaling_devices.py [--batch 256] [--rounds 100] [--devices 8]
+    python benchmarks/scaling_devices.py --rounds 200              # 8 forced host devices
+    python benchmarks/scaling_devices.py --rounds 300 --devices 1  # one device: the sharded step's overhead
 """
 
 from __future__ import annotations
@@ -47,11 +50,11 @@ def _forced(devices: int) -> bool:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256, help="global batch (a multiple of every mesh size)")
-    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--devices", type=int, default=8, help="forced host devices; meshes of 1, 2, 4, .. up to it")
-    parser.add_argument("--run-steps", type=int, default=300, help="steps per SVI.run throughput measurement")
-    parser.add_argument("--run-reps", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=50, help="steps per chunk of SVI.run's compiled program")
+    parser.add_argument("--chunk-rounds", type=int, default=30)
     args = parser.parse_args(argv)
     if not _forced(args.devices):
         env = dict(os.environ)
@@ -59,35 +62,36 @@ def main(argv=None):
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])], env)
 
     import jax
-    import numpy as np
 
     sizes = [n for n in (1, 2, 4, 8, 16, 32) if n <= args.devices]
     steps = vae_steps(args.batch, sizes)
     times = interleaved(steps, args.rounds, args.warmup)
-    run_rates = run_throughput(args.batch, sizes, args.run_steps, args.run_reps)
+    chunk_times = interleaved(chunk_calls(args.batch, sizes, args.chunk), args.chunk_rounds, 2)
 
     print(f"# Data-parallel VAE step on forced host devices ({datetime.datetime.now():%Y-%m-%d %H:%M}, "
           f"{cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}, "
           f"Python {platform.python_version()})\n")
+    shared = (f"The {args.devices} devices share {os.cpu_count()} CPU cores: this shows overhead, not speed-up."
+              if args.devices > 1 else "One device (no forced host devices): the sharded step's own overhead.")
     print(f"Table 1 VAE (784-200-10, tanh, Bernoulli), ELBO + Adam, global batch {args.batch}, random binary images; "
-          f"{args.rounds} interleaved rounds after {args.warmup} warm-up calls. The {args.devices} devices share "
-          f"{os.cpu_count()} CPU cores: this shows overhead, not speed-up.\n")
-    base = np.asarray(times["unsharded"])
+          f"{args.rounds} interleaved rounds after {args.warmup} warm-up calls. {shared}\n")
+    table(times, args.batch)
+    print(f"\nThe compiled chunk of `SVI.run(key, n, data, batch_size={args.batch}, chunk_size={args.chunk}, "
+          f"mesh=...)` on 4096 images, {args.chunk_rounds} interleaved rounds, per step:\n")
+    table(chunk_times, args.batch, args.chunk)
+
+
+def table(times: dict, batch: int, steps_per_call: int = 1) -> None:
+    import numpy as np
+
+    base = np.asarray(times["unsharded"]) / steps_per_call
     print("| step | median ms | min-max ms | examples/s | / unsharded (medians) | / unsharded (per-round median) |")
     print("|---|---|---|---|---|---|")
     for name, t in times.items():
-        t = np.asarray(t)
+        t = np.asarray(t) / steps_per_call
         med = float(np.median(t))
-        print(f"| {name} | {med * 1e3:.3f} | {t.min() * 1e3:.3f}-{t.max() * 1e3:.3f} | {args.batch / med:,.0f} | "
+        print(f"| {name} | {med * 1e3:.3f} | {t.min() * 1e3:.3f}-{t.max() * 1e3:.3f} | {batch / med:,.0f} | "
               f"{med / float(np.median(base)):.3f} | {float(np.median(t / base)):.3f} |")
-    print(f"\n`SVI.run(key, {args.run_steps}, data, batch_size={args.batch}, chunk_size=100, mesh=...)` on 4096 "
-          f"images, steps per second after the first chunk (median of {args.run_reps} whole runs, interleaved):\n")
-    print("| mesh | steps/s | examples/s | / no mesh |")
-    print("|---|---|---|---|")
-    none = float(np.median(run_rates["none"]))
-    for name, rates in run_rates.items():
-        r = float(np.median(rates))
-        print(f"| {name} | {r:.1f} | {r * args.batch:,.0f} | {none / r:.3f} |")
 
 
 # --- the steps ----------------------------------------------------------------------------------
@@ -185,23 +189,31 @@ def interleaved(calls: dict, rounds: int, warmup: int) -> dict:
     return times
 
 
-def run_throughput(batch: int, sizes: list[int], num_steps: int, reps: int) -> dict:
+def chunk_calls(batch: int, sizes: list[int], length: int) -> dict:
+    """``SVI.run``'s compiled chunk of ``length`` steps, without a mesh and on each mesh, built as ``run`` builds it."""
     import jax
     from vae_step import load_batch
 
     from gendsl.inference import data_mesh
+    from gendsl.inference._sharding import DataParallel
 
-    svi, _, _, _, _ = vae_parts(batch)
+    svi, state, _, _, _ = vae_parts(batch)
     data = load_batch(4096, None, jax.random.key(3))
-    meshes = {"none": None, **{f"mesh {n}": data_mesh(n) for n in sizes}}
-    rates = {name: [] for name in meshes}
-    for r in range(reps):
-        order = list(meshes)[r % len(meshes):] + list(meshes)[: r % len(meshes)]
-        for name in order:
-            result = svi.run(jax.random.key(r), num_steps, data, batch_size=batch, chunk_size=100, progress=False,
-                             mesh=meshes[name])
-            rates[name].append(result.steps_per_second)
-    return rates
+    n = data.shape[0]
+    inputs = (jax.random.key(4), data, ())
+    unsharded = jax.jit(svi._make_chunk(batch, n, length, {}, None))
+    calls = {"unsharded": _chunk_stepper(unsharded, state, inputs, length)}
+    for size in sizes:
+        parallel = DataParallel(data_mesh(size))
+        chunk = jax.jit(svi._make_chunk(batch, n, length, {}, None, parallel.constrain),
+                        out_shardings=parallel.replicated)
+        placed = (parallel.replicate(inputs[0]), parallel.place_data(data), ())
+        calls[f"mesh {size}"] = _chunk_stepper(chunk, parallel.replicate(state), placed, length)
+    return calls
+
+
+def _chunk_stepper(chunk, state, inputs, length):
+    return _stepper(lambda s: chunk(s, inputs, length, 1.0, 1e6)[:2], state)
 
 
 def cpu_name() -> str:

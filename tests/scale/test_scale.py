@@ -20,6 +20,7 @@ minibatch objectives: 2e-6). So:
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -188,3 +189,20 @@ def test_when_one_process_dies_the_other_exits_with_an_error_instead_of_hanging(
 @pytest.mark.slow
 def test_the_examples_of_docs_scale_md_run_as_written():
     assert "docs/scale.md: ok" in _worker("_docs.py").stdout
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_cpu_devices():
+    """benchmarks/gpu_check.sh is for a GPU machine; its shell parses and its Python runs here on 2 host devices."""
+    root = HERE.parents[1]
+    assert subprocess.run(["bash", "-n", str(root / "benchmarks" / "gpu_check.sh")]).returncode == 0
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    command = [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--batches", "16", "--rounds", "1",
+               "--warmup", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:4] for line in done.stdout.splitlines() if line.startswith("| vae") or
+            line.startswith("| ddpm")]
+    assert [[c.strip() for c in row] for row in rows] == [
+        ["vae", "16", "1"], ["vae", "16", "2"], ["ddpm", "16", "1"], ["ddpm", "16", "2"]
+    ]
