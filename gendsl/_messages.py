@@ -22,6 +22,7 @@ __all__ = [
     "ADDRESS",
     "CONTROL_FLOW_DONE",
     "INFER_LOOP",
+    "INFER_LOOP_REVERSE",
     "INFER_STRATEGY",
     "LOOP_EXTRAS",
     "LOOP_STEPS",
@@ -52,6 +53,9 @@ SCAN_INDEX = "_scan_current_index"
 INFER_STRATEGY = "strategy"
 #: In ``msg["infer"]`` of a loop site replayed after the loop: the loop's address.
 INFER_LOOP = "loop"
+#: In ``msg["infer"]`` of a loop site replayed after the loop: whether the loop ran its steps
+#: last to first (``gendsl.scan(..., reverse=True)``; the values are stacked by position either way).
+INFER_LOOP_REVERSE = "loop_reverse"
 
 
 @runtime_checkable

@@ -41,6 +41,7 @@ from gendsl._messages import (
     ADDRESS,
     CONTROL_FLOW_DONE,
     INFER_LOOP,
+    INFER_LOOP_REVERSE,
     LOOP_EXTRAS,
     LOOP_STEPS,
     POST,
@@ -62,6 +63,7 @@ def scan(
     length: int | None = None,
     *,
     unroll: int = 1,
+    reverse: bool = False,
 ) -> tuple[Any, Any]:
     """A loop over ``jax.lax.scan`` whose sample sites get indexed addresses.
 
@@ -73,6 +75,11 @@ def scan(
         xs: per-step inputs (leading axis = steps), or None.
         length: the number of steps when ``xs`` is None.
         unroll: passed to ``lax.scan``.
+        reverse: run the steps from the last to the first, as ``lax.scan(reverse=True)``:
+            step ``t`` still reads ``xs[t]`` and its values are stacked at position ``t``,
+            so a reverse chain (``z_{t+1} -> z_t``) stacks its states in time order, at
+            the same positions as the forward chain that draws them from ``z_t`` (and the
+            two pair by address). Keys depend on the position ``t``.
 
     Returns:
         ``(final_carry, stacked_ys)``, as ``lax.scan``.
@@ -106,10 +113,10 @@ def scan(
 
     steps = jnp.arange(n)
     carry, (ys, values, log_probs, extras) = jax.lax.scan(
-        step, init, (steps, xs), length=n, unroll=unroll
+        step, init, (steps, xs), length=n, unroll=unroll, reverse=reverse
     )
     for site, meta in sites.items():
-        _replay_site(name, site, meta, values[site], log_probs.get(site), extras.get(site))
+        _replay_site(name, site, meta, values[site], log_probs.get(site), extras.get(site), reverse)
     return carry, ys
 
 
@@ -354,7 +361,9 @@ class ScanSite(Distribution):
         return self.step_log_prob
 
 
-def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any, extras: Any = None) -> None:
+def _replay_site(
+    loop: str, name: str, meta: dict, value: Any, log_prob: Any, extras: Any = None, reverse: bool = False
+) -> None:
     """Send one loop site, stacked over steps, through the handlers outside the loop."""
     if not _PYRO_STACK:
         return
@@ -380,7 +389,7 @@ def _replay_site(loop: str, name: str, meta: dict, value: Any, log_prob: Any, ex
         "is_observed": meta["is_observed"],
         "intermediates": [],
         "cond_indep_stack": [],
-        "infer": {**meta["infer"], INFER_LOOP: loop},
+        "infer": {**meta["infer"], INFER_LOOP: loop, INFER_LOOP_REVERSE: bool(reverse)},
         CONTROL_FLOW_DONE: True,
         LOOP_EXTRAS: extras,
     }

@@ -122,30 +122,67 @@ def _normal(loc, scale, shape):
     return dist.Normal(loc, scale).expand(shape).to_event(len(shape))
 
 
-def vp_forward(alpha_bar: Callable) -> gendsl.Model:
+FORMS = ("scan", "unrolled")
+
+
+def _check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+
+
+def _schedule(alpha_bar: Callable, ts) -> jax.Array:
+    """``alpha_bar`` at every time of the grid, one vectorized call (the schedule may be written for scalars)."""
+    return jax.vmap(alpha_bar)(jnp.asarray(ts))
+
+
+def vp_forward(alpha_bar: Callable, *, form: str = "scan") -> gendsl.Model:
     """The forward noising chain ``q(z_1 | x) q(z_2 | z_1) ...`` as a guide program ``guide(x, ts)``.
 
     Step ``k`` goes from time ``ts[k-1]`` (the data at time "0", ``alpha_bar = 1``)
-    to ``ts[k]``: ``N(alpha_{t|s} z, 1 - alpha_{t|s}^2)``. Sites ``"z1"``, ..., ``"zn"``.
+    to ``ts[k]``: ``N(alpha_{t|s} z, 1 - alpha_{t|s}^2)``.
+
+    Args:
+        alpha_bar: the schedule, ``t -> alpha_bar_t``.
+        form: ``"scan"`` (default): the states at ``ts[0..n-2]`` are drawn by one
+            ``gendsl.scan`` (site ``"chain/z"``, stacked in time order; its body is traced
+            once, the per-step ``alpha_{t|s}`` are its scanned inputs) and the state at the
+            last time is the site ``"zT"`` (the reverse chain draws it from its prior).
+            ``"unrolled"``: a Python loop, sites ``"z1"``, ..., ``"zn"`` (traced once per step:
+            recognizing a 1,000-step chain takes tens of seconds).
 
     Example:
         >>> import jax, jax.numpy as jnp
         >>> ab = linear_alpha_bar(10)
         >>> tr = vp_forward(lambda t: jnp.asarray(ab)[t]).simulate(jax.random.key(0), jnp.zeros(2), jnp.arange(1, 11))
-        >>> sorted(tr.choices)[:3]
+        >>> {name: value.shape for name, value in tr.choices.items()}
+        {'chain/z': (9, 2), 'zT': (2,)}
+        >>> unrolled = vp_forward(lambda t: jnp.asarray(ab)[t], form="unrolled")
+        >>> sorted(unrolled.simulate(jax.random.key(0), jnp.zeros(2), jnp.arange(1, 11)).choices)[:3]
         ['z1', 'z10', 'z2']
     """
+    _check_form(form)
+
+    def draw(name, z, ratio, shape):
+        return gendsl.sample(name, _normal(ratio**0.5 * z, (1.0 - ratio) ** 0.5, shape))
 
     @gendsl.model
     def guide(x, ts, *_):
         shape = jnp.shape(x)
-        z, prev = x, 1.0
-        for k in range(len(ts)):
-            ab = alpha_bar(ts[k])
-            ratio = ab / prev  # ** 0.5 rather than jnp.sqrt: a concrete schedule stays numpy (cheap to trace)
-            z = gendsl.sample(f"z{k + 1}", _normal(ratio**0.5 * z, (1.0 - ratio) ** 0.5, shape))
-            prev = ab
-        return z
+        if form == "unrolled":
+            z, prev = x, 1.0
+            for k in range(len(ts)):
+                ab = alpha_bar(ts[k])
+                z = draw(f"z{k + 1}", z, ab / prev, shape)  # a concrete schedule stays numpy (cheap to trace)
+                prev = ab
+            return z
+        ab = _schedule(alpha_bar, ts)
+        ratio = ab / jnp.concatenate([jnp.ones_like(ab[:1]), ab[:-1]])  # alpha_{t|s}^2 of each step
+
+        def step(z, r):
+            return draw("z", z, r, shape), None
+
+        z, _ = gendsl.scan("chain", step, x, ratio[:-1])
+        return draw("zT", z, ratio[-1], shape)
 
     return guide
 
@@ -159,6 +196,7 @@ def vp_reverse(
     variance: str = "posterior",
     decoder_scale: float | Callable | None = None,
     time_scale: float = 1.0,
+    form: str = "scan",
 ) -> gendsl.Model:
     """The reverse chain as a model program ``model(x, ts, *cond)``.
 
@@ -177,6 +215,10 @@ def vp_reverse(
         decoder_scale: the decoder's standard deviation (a float or ``t -> float``);
             default ``sqrt(1 - alpha_bar(ts[0]))``.
         time_scale: the network sees ``t * time_scale`` (``1/T`` for integer times).
+        form: ``"scan"`` (default): the prior is the site ``"zT"`` and the reverse steps are
+            one ``gendsl.scan(..., reverse=True)`` (site ``"chain/z"``, stacked in time order,
+            as in ``vp_forward``'s scan form); ``"unrolled"``: sites ``"zn"``, ..., ``"z1"``.
+            Pair it with a guide of the same form.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -184,33 +226,49 @@ def vp_reverse(
         >>> ab = linear_alpha_bar(10)
         >>> model = vp_reverse(lambda t: jnp.asarray(ab)[t], lambda k: TimeMLP(2, hidden=8, depth=1, key=k), (2,))
         >>> tr = model.simulate(jax.random.key(0), None, jnp.arange(1, 4))
-        >>> sorted(tr.choices), tr.retval.shape
-        (['x', 'z1', 'z2', 'z3'], (2,))
+        >>> {name: value.shape for name, value in tr.choices.items()}, tr.retval.shape
+        ({'zT': (2,), 'chain/z': (2, 2), 'x': (2,)}, (2,))
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    _check_form(form)
     shape = tuple(shape)
+
+    def reverse_step(module, z, t, ab_s, ab_t, cond):
+        """``(mean, scale)`` of ``p(z_s | z_t)``."""
+        x0 = to_x0(module(z, t * time_scale, *cond), z, ab_t, parameterization)
+        mean, var = vp_posterior(x0, z, ab_s, ab_t)
+        if variance == "beta":
+            var = 1.0 - ab_t / ab_s
+        return mean, jnp.sqrt(var)
+
+    def decode(module, z, t_1, ab_1, x, cond):
+        x0 = to_x0(module(z, t_1 * time_scale, *cond), z, ab_1, parameterization)
+        if decoder_scale is None:
+            scale = jnp.sqrt(1.0 - ab_1)
+        else:
+            scale = decoder_scale(t_1) if callable(decoder_scale) else decoder_scale
+        return gendsl.sample("x", _normal(x0, scale, shape), obs=x)
 
     @gendsl.model
     def model(x, ts, *cond):
         module = gendsl.module("net", net)
         n = len(ts)
-        z = gendsl.sample(f"z{n}", _normal(0.0, 1.0, shape))
-        for k in range(n - 1, 0, -1):
-            s, t = ts[k - 1], ts[k]
-            ab_s, ab_t = alpha_bar(s), alpha_bar(t)
-            x0 = to_x0(module(z, t * time_scale, *cond), z, ab_t, parameterization)
-            mean, var = vp_posterior(x0, z, ab_s, ab_t)
-            if variance == "beta":
-                var = 1.0 - ab_t / ab_s
-            z = gendsl.sample(f"z{k}", _normal(mean, jnp.sqrt(var), shape))
-        ab_1 = alpha_bar(ts[0])
-        x0 = to_x0(module(z, ts[0] * time_scale, *cond), z, ab_1, parameterization)
-        if decoder_scale is None:
-            scale = jnp.sqrt(1.0 - ab_1)
-        else:
-            scale = decoder_scale(ts[0]) if callable(decoder_scale) else decoder_scale
-        return gendsl.sample("x", _normal(x0, scale, shape), obs=x)
+        if form == "unrolled":
+            z = gendsl.sample(f"z{n}", _normal(0.0, 1.0, shape))
+            for k in range(n - 1, 0, -1):
+                mean, scale = reverse_step(module, z, ts[k], alpha_bar(ts[k - 1]), alpha_bar(ts[k]), cond)
+                z = gendsl.sample(f"z{k}", _normal(mean, scale, shape))
+            return decode(module, z, ts[0], alpha_bar(ts[0]), x, cond)
+        ab = _schedule(alpha_bar, ts)
+        z = gendsl.sample("zT", _normal(0.0, 1.0, shape))
+
+        def step(z, inputs):
+            t, ab_s, ab_t = inputs
+            return gendsl.sample("z", _normal(*reverse_step(module, z, t, ab_s, ab_t, cond), shape)), None
+
+        z, _ = gendsl.scan("chain", step, z, (jnp.asarray(ts)[1:], ab[:-1], ab[1:]), reverse=True)
+        return decode(module, z, ts[0], ab[0], x, cond)
 
     return model
 
@@ -248,6 +306,9 @@ class DDPM:
             (``-1 + 2 k / (levels - 1)``; 256 for 8-bit images): ``evaluate`` then
             bounds the probability of the discrete data with the discretized decoder
             (``discretized_gaussian_log_prob``). None: continuous data, Gaussian decoder.
+        form: how the program pair writes the chains (see ``vp_forward``): ``"scan"`` (default;
+            recognized in time independent of ``T``) or ``"unrolled"`` (one site per step; the
+            same objectives and values, recognized in time proportional to ``T``).
 
     Attributes:
         model, guide: the program pair.
@@ -273,7 +334,8 @@ class DDPM:
 
     def __init__(self, shape, *, T: int = 1000, parameterization: str = "eps", variance: str = "beta",
                  num_classes: int | None = None, hidden: int = 128, depth: int = 3, net=None,
-                 alpha_bar: np.ndarray | None = None, p_uncond: float = 0.0, levels: int | None = None):
+                 alpha_bar: np.ndarray | None = None, p_uncond: float = 0.0, levels: int | None = None,
+                 form: str = "scan"):
         if levels is not None and (not isinstance(levels, (int, np.integer)) or levels < 2):
             raise ValueError(f"DDPM: levels must be an int >= 2 (the number of grey levels) or None, got {levels!r}")
         self.shape = tuple(shape)
@@ -288,11 +350,12 @@ class DDPM:
             def net(k):
                 return TimeMLP(self.shape, hidden=hidden, depth=depth, num_classes=num_classes, key=k)
         self._static = static_part(net)
-        self.guide = vp_forward(table)
+        self.guide = vp_forward(table, form=form)
         self.model = vp_reverse(
             table, net, self.shape, parameterization=parameterization, variance=variance,
-            decoder_scale=float(np.sqrt(1.0 - self.alpha_bar[1])), time_scale=1.0 / T,
+            decoder_scale=float(np.sqrt(1.0 - self.alpha_bar[1])), time_scale=1.0 / T, form=form,
         )
+        self._prior = "zT" if form == "scan" else "z1"  # the prior's site on a one-time grid
         self.elbo = diffusion_elbo(self.model, self.guide, self.ts)
         self.p_uncond = p_uncond
         self.objective = self._objective()
@@ -324,7 +387,7 @@ class DDPM:
         Returns:
             ``(loc, scale)``, each of the data's event shape.
         """
-        fn = handlers.substitute(self.model.bind(params).fn, data={"z1": z1})
+        fn = handlers.substitute(self.model.bind(params).fn, data={self._prior: z1})
         tr = handlers.trace(handlers.seed(fn, key=jax.random.key(0))).get_trace(None, self.ts[:1], *cond)
         d = tr["x"]["fn"]
         while isinstance(d, (dist.Independent, dist.ExpandedDistribution)):

@@ -12,9 +12,10 @@ The user writes two ordinary programs over a time grid ``ts`` (increasing times
   from a Normal whose mean is affine in the state at ``t_{k-1}`` and whose
   scale does not depend on it.
 
-The latent sites have the same addresses in both programs (so ``elbo(model,
-guide)`` is the naive bound of the pair). ``diffusion_elbo`` traces the pair,
-recognizes the Gaussian-linear structure and derives from it:
+A state is a latent site (unrolled: ``"z1"``, ..., ``"zn"``) or one step of a site
+drawn in a ``gendsl.scan`` body (the *scan form*, below). The states have the same
+addresses in both programs (so ``elbo(model, guide)`` is the naive bound of the pair).
+``diffusion_elbo`` traces the pair, recognizes the Gaussian-linear structure and derives from it:
 
 * the per-step coefficients ``q(z_k | z_{k-1}) = N(a_k z_{k-1} + b_k, s_k^2)``,
   read off the guide's traced distributions with ``jax.jvp`` (and checked to be
@@ -37,23 +38,33 @@ from the objective's own key.
 
 Design decisions:
 
-* **Unrolled sites, the grid as an argument.** A forward chain samples ``z_1``
-  first and a reverse chain samples ``z_n`` first; a ``gendsl.scan`` stacks
-  values in execution order, so the two programs' stacked sites would be in
-  opposite orders and ``elbo(model, guide)`` could not pair them. Unrolled sites
-  (``"z1"``, ..., ``"zn"``) pair by address. Because the time grid is an argument,
-  the derivation evaluates the model on a *sub-grid* ``(t_{k-1}, t_k)`` with the
+* **The grid as an argument.** Because the time grid is an argument, the
+  derivation evaluates the model on a *sub-grid* ``(t_{k-1}, t_k)`` with the
   state at ``t_k`` substituted: that runs exactly one reverse step (one network
   call), so a training step costs what a hand-written loss costs and compiles in
   time independent of ``n``. This is the only convention the derivation needs:
   a program run on a sub-grid is the same chain restricted to that grid
-  (Gen's ``Unfold`` semantics). Sites are identified by execution order.
+  (Gen's ``Unfold`` semantics). The grid reaches both programs as a traced array.
+* **Unrolled or scanned chains; states by position.** A Python loop of sites
+  (``"z1"``, ..., ``"zn"``) is traced once per step: recognizing a 1,000-step guide
+  took about 20 s. The *scan form* draws the states at ``t_1 .. t_{n-1}`` in one
+  ``gendsl.scan`` (its body traced once, per-step schedule values as its scanned
+  inputs) and the state at ``t_n`` as its own site. The model draws that state from
+  its prior, then runs its loop of reverse steps with ``reverse=True``, which stacks
+  the states in time order like the guide's loop, so the two pair by address; its
+  prior is a site of its own so that the one-step sub-grid runs one network call.
+  ``_states.StateReader`` reads both forms (and mixtures): states are numbered by
+  position, a loop's by its stacked position; a loop's per-step Normals are handed
+  out of the loop by a ``POST`` hook. Recognition is then one jitted ``jax.jvp``
+  whose cost does not grow with ``n`` beyond the arrays it fills.
 * **One example per execution.** Both programs take one data point; the objectives
   ``vmap`` over a batch. The guide's coefficients therefore have the data's
   event shape, not the batch's.
 * **Fixed schedules cost nothing.** When the guide has no parameters its
   coefficients are computed once, eagerly (``jax.ensure_compile_time_eval``),
-  and enter compiled objectives as constants. A guide with parameters (a learned
+  and enter compiled objectives as constants. Everything the recognition computes
+  from (the grid, the points, the key) is an argument of one jitted function:
+  under compile-time evaluation an op on constants would be compiled on its own. A guide with parameters (a learned
   discrete schedule) is re-traced inside every objective call.
 """
 
@@ -64,35 +75,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as nd
 
 import gendsl
 from gendsl import handlers
 from gendsl.inference import expectation
 from gendsl.inference._expectation import Expectation
 from gendsl.inference.diffusion._objective_key import objective_key
+from gendsl.inference.diffusion._states import DiffusionStructureError, StateReader, stacked_provider
 
 __all__ = ["DiffusionELBO", "DiffusionStructureError", "GaussianChain", "diffusion_elbo", "gaussian_kl"]
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
-
-
-class DiffusionStructureError(gendsl.GendslError, ValueError):
-    """A program pair is not of the form a diffusion objective can be derived from; the message names the site.
-
-    Example:
-        >>> import gendsl, gendsl.distributions as dist
-        >>> from gendsl.inference.diffusion import DiffusionStructureError, diffusion_elbo
-        >>> @gendsl.model
-        ... def guide(x, ts):
-        ...     for k in range(len(ts)):
-        ...         x = gendsl.sample(f"z{k + 1}", dist.Laplace(0.9 * x, 0.3))
-        >>> try:
-        ...     diffusion_elbo(guide, guide, ts=[1, 2]).chain({}, 0.0)
-        ... except DiffusionStructureError as e:
-        ...     print(str(e).split(":")[0])
-        guide site 'z1' is Laplace, expected a Normal (possibly expanded / .to_event())
-    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +96,8 @@ class GaussianChain:
     element (the usual case), otherwise arrays of the data's event shape.
 
     Attributes:
-        names: the latent addresses in the guide's execution order (``z_1`` first).
+        names: the states' labels in the guide's order (``z_1`` first): a latent site's address, or
+            ``"address[i]"`` for step ``i`` of a site drawn in a ``gendsl.scan`` loop.
         a, b, s: ``q(z_k | z_{k-1}) = N(a_k z_{k-1} + b_k, s_k^2)`` with ``z_0 = x``.
         A, B, S: the collapsed marginals ``q(z_k | x) = N(A_k x + B_k, S_k^2)``.
         table: per step, ``(A, B, S, c_x, c_z, c_0, var)`` stacked on axis 1, where
@@ -132,13 +126,7 @@ class GaussianChain:
     table: jax.Array = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
-        prec_prev = 1.0 / self.S[:-1] ** 2
-        a, s2 = self.a[1:], self.s[1:] ** 2
-        var = 1.0 / (prec_prev + a**2 / s2)
-        post = [var * self.A[:-1] * prec_prev, var * a / s2, var * (self.B[:-1] * prec_prev - a * self.b[1:] / s2), var]
-        # Step 0 has no posterior (its parent is the data): harmless placeholders, never read by the objectives.
-        post = [jnp.concatenate([jnp.ones_like(c[:1]), c]) for c in post]
-        object.__setattr__(self, "table", jnp.stack([self.A, self.B, self.S, *post], axis=1))
+        object.__setattr__(self, "table", _posterior_table(self.a, self.b, self.A, self.B, self.S, self.s))
 
     def at(self, k) -> tuple:
         """``(A_k, B_k, S_k, c_x, c_z, c_0, var)`` of 0-based step ``k`` (may be traced)."""
@@ -170,32 +158,26 @@ def gaussian_kl(m_q, v_q, m_p, v_p) -> jax.Array:
     return 0.5 * jnp.sum(ratio - 1.0 - jnp.log(ratio) + (m_q - m_p) ** 2 / v_p)
 
 
-def _normal(site: dict, who: str) -> tuple[jax.Array, jax.Array]:
-    d = site["fn"]
-    while isinstance(d, (nd.Independent, nd.ExpandedDistribution)):
-        d = d.base_dist
-    if not isinstance(d, nd.Normal):
-        raise DiffusionStructureError(
-            f"{who} site '{site['name']}' is {type(site['fn']).__name__}, expected a Normal (possibly "
-            "expanded / .to_event()): a diffusion ELBO is derived only for Gaussian-linear chains"
-        )
-    shape = jnp.shape(site["value"])
-    return jnp.broadcast_to(d.loc, shape), jnp.broadcast_to(d.scale, shape)
-
-
-def _run(program, params, key, x, ts, args) -> dict:
-    """Trace ``program(x, ts, *args)``; the sample sites in execution order."""
+def _read(program, params, key, x, ts, args, who: str, provide=None) -> StateReader:
+    """Run ``program(x, ts, *args)`` once under a ``StateReader``: its states, observed sites and parameters."""
     fn = program.bind(params).fn if params else program.fn
-    tr = handlers.trace(handlers.seed(fn, key=key)).get_trace(x, ts, *args)
-    return {name: site for name, site in tr.items() if site["type"] == "sample"}
-
-
-def _split(sites: dict, who: str) -> tuple[list[str], list[str]]:
-    latents = [n for n, s in sites.items() if not s["is_observed"]]
-    observed = [n for n, s in sites.items() if s["is_observed"]]
-    if not latents:
+    reader = StateReader(handlers.seed(fn, key=key), who=who, provide=provide)
+    reader(x, ts, *args)
+    if not reader.latents:
         raise DiffusionStructureError(f"the {who} has no latent sites: expected a chain of Normal sites")
-    return latents, observed
+    return reader
+
+
+@jax.jit
+def _posterior_table(a, b, A, B, S, s):
+    """``GaussianChain.table``: one jitted function (ops on concrete arrays would each be compiled on their own)."""
+    prec_prev = 1.0 / S[:-1] ** 2
+    a, s2 = a[1:], s[1:] ** 2
+    var = 1.0 / (prec_prev + a**2 / s2)
+    post = [var * A[:-1] * prec_prev, var * a / s2, var * (B[:-1] * prec_prev - a * b[1:] / s2), var]
+    # Step 0 has no posterior (its parent is the data): harmless placeholders, never read by the objectives.
+    post = [jnp.concatenate([jnp.ones_like(c[:1]), c]) for c in post]
+    return jnp.stack([A, B, S, *post], axis=1)
 
 
 @jax.jit
@@ -220,6 +202,42 @@ def _uniform(c) -> bool:
 
 def _concrete(*trees) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def _stack_states(reader: StateReader, field: str) -> jax.Array:
+    """The ``loc`` or ``scale`` of every state, by position, stacked on axis 0."""
+    parts = [getattr(site, field) if site.steps is not None else getattr(site, field)[None] for site in reader.latents]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def _executed(reader: StateReader, j: int) -> tuple[jax.Array, jax.Array]:
+    """``(loc, scale)`` of the ``j``-th state the program drew (execution order)."""
+    for site in reader.latents:
+        if j < site.count:
+            return site.executed(j)
+        j -= site.count
+    raise IndexError(j)
+
+
+def _executed_labels(site) -> list[str]:
+    labels = site.labels()
+    return labels[::-1] if site.reverse else labels
+
+
+def _summary(reader: StateReader) -> list[str]:
+    return [site.summary() for site in reader.latents]
+
+
+def _summary_of(labels: list[str]) -> list[str]:
+    """Per-state labels folded back into sites: ``["zT", "chain/z (3 steps)"]``."""
+    steps: dict[str, int | None] = {}
+    for label in labels:
+        if label.endswith("]"):
+            site = label[: label.rindex("[")]
+            steps[site] = (steps.get(site) or 0) + 1
+        else:
+            steps[label] = None
+    return [site if n is None else f"{site} ({n} steps)" for site, n in steps.items()]
 
 
 class DiffusionELBO:
@@ -297,116 +315,122 @@ class DiffusionELBO:
         found: list[str] = []
         declared: list[str] = []
 
-        def locs_scales(x, values):
-            # Substitute the chain's states in execution order; check the structure on the way (at trace time).
-            pending = iter(values)
-
-            def by_order(msg):
-                if msg["type"] == "sample" and not msg["is_observed"]:
-                    return next(pending, None)
-                return None
-
-            fn = self.guide.bind(params).fn if params else self.guide.fn
-            fn = handlers.substitute(fn, substitute_fn=by_order)
-            tr = handlers.trace(handlers.seed(fn, key=jax.random.key(0))).get_trace(x, self.ts)
-            sites = {name: site for name, site in tr.items() if site["type"] == "sample"}
-            declared[:] = [name for name, site in tr.items() if site["type"] == "param"]
-            names, observed = _split(sites, "guide")
-            if observed:
+        def locs_scales(x, values, ts, key):
+            # Substitute the chain's states by position; check the structure on the way (at trace time).
+            reader = _read(self.guide, params, key, x, ts, (), "guide", stacked_provider(values))
+            declared[:] = reader.params
+            if reader.observed:
                 raise DiffusionStructureError(
-                    f"guide site '{observed[0]}' is observed; the guide is the forward noising chain "
+                    f"guide site '{reader.observed[0][0]}' is observed; the guide is the forward noising chain "
                     "q(z_1..z_n | x) and observes nothing"
                 )
-            if len(names) != self.n:
+            backward = next((site.name for site in reader.latents if site.reverse), None)
+            if backward is not None:
                 raise DiffusionStructureError(
-                    f"the guide has {len(names)} latent sites {names} on a grid of {self.n} times; expected one "
-                    "per time"
+                    f"guide site '{backward}' is drawn by a gendsl.scan with reverse=True; the guide is the forward "
+                    "chain: its loop runs forward (z_1 first)"
                 )
-            found[:] = names
-            pairs = [_normal(sites[n], "guide") for n in names]
-            return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+            if reader.count != self.n:
+                raise DiffusionStructureError(
+                    f"the guide has {reader.count} latent states {_summary(reader)} on a grid of {self.n} times; "
+                    "expected one per time"
+                )
+            found[:] = reader.labels()
+            return _stack_states(reader, "loc"), _stack_states(reader, "scale")
 
-        def at(prim, tan):
-            return jax.jvp(locs_scales, (prim[0], list(prim[1:])), (tan[0], list(tan[1:])))
+        def at(ts, key, prim, tan):
+            return jax.jvp(lambda x, v: locs_scales(x, v, ts, key), (prim[0], prim[1:]), (tan[0], tan[1:]))
 
-        # The points are arguments, not constants: under jax.ensure_compile_time_eval (a fixed schedule), ops on
-        # constants would be evaluated (and compiled) one by one while tracing.
-        zeros, ones = jnp.zeros((self.n + 1, *shape), dtype), jnp.ones((self.n + 1, *shape), dtype)
+        # Everything the guide computes from is an argument of one jitted function, nothing a constant: under
+        # jax.ensure_compile_time_eval (a fixed schedule) an op on constants (the schedule of the grid) would be
+        # evaluated, and compiled, one by one while tracing. The points are numpy arrays for the same reason.
+        zeros, ones = np.zeros((self.n + 1, *shape), dtype), np.ones((self.n + 1, *shape), dtype)
+        key = jax.random.key(0)
         if check:
             # At 0 with unit tangents: b = loc(0), a = d loc / d parent, s = scale, ds = d scale; and, in the same
             # vectorized pass, at a random point with random tangents: an affine, elementwise, Markov step
             # reproduces loc = a * parent + b and d loc = a * d parent there; anything else does not (w.p. 1).
-            k1, k2 = jax.random.split(jax.random.key(1))
-            prim = jnp.stack([zeros, jax.random.normal(k1, zeros.shape, dtype)])
-            tan = jnp.stack([ones, jax.random.normal(k2, zeros.shape, dtype)])
-            (loc, scale), (dloc, ds) = jax.jit(jax.vmap(at))(prim, tan)
+            rng = np.random.default_rng(1)
+            prim = np.stack([zeros, rng.standard_normal(zeros.shape).astype(dtype)])
+            tan = np.stack([ones, rng.standard_normal(zeros.shape).astype(dtype)])
+            (loc, scale), (dloc, ds) = jax.jit(jax.vmap(at, in_axes=(None, None, 0, 0)))(self.ts, key, prim, tan)
+            loc, scale, dloc, ds = (np.asarray(c) for c in (loc, scale, dloc, ds))
             out = {"a": dloc[0], "b": loc[0], "s": scale[0], "ds": ds[0], "loc": loc[1], "scale": scale[1],
                    "dloc": dloc[1], "prev": prim[1, :-1], "tprev": tan[1, :-1]}
         else:
-            (b, s), (a, ds) = jax.jit(at)(zeros, ones)
+            (b, s), (a, ds) = jax.jit(at)(self.ts, key, zeros, ones)
             out = {"a": a, "b": b, "s": s, "ds": ds}
         names = list(found)
         if check:
             self._check_affine(names, out)
         a, b, s = out["a"], out["b"], out["s"]
-        if _concrete(a, b, s) and all(_uniform(c) for c in (a, b, s)):
-            # One schedule for every element: scalars per step, so an objective gathers scalars, not event-sized rows.
-            a, b, s = (c.reshape(self.n, -1)[:, 0] for c in (a, b, s))
+        if _concrete(a, b, s):
+            a, b, s = (np.asarray(c) for c in (a, b, s))  # numpy: no op below is compiled on its own
+            if all(_uniform(c) for c in (a, b, s)):
+                # One schedule for every element: scalars per step, so an objective gathers scalars, not event-sized
+                # rows.
+                a, b, s = (c.reshape(self.n, -1)[:, 0] for c in (a, b, s))
         A, B, S = _collapse(a, b, s)
-        return GaussianChain(tuple(names), a, b, s, A, B, S), bool(declared)
+        return GaussianChain(tuple(names), *(jnp.asarray(c) for c in (a, b, s)), A, B, S), bool(declared)
 
     def _check_affine(self, names, out) -> None:
         a, b, s = (np.asarray(out[k]) for k in ("a", "b", "s"))
         ds, loc, scale, dloc = (np.asarray(out[k]) for k in ("ds", "loc", "scale", "dloc"))
         prev, tprev = np.asarray(out["prev"]), np.asarray(out["tprev"])
         tol = dict(rtol=1e-4, atol=1e-5)
-        for k, name in enumerate(names):
-            parent = "the data x" if k == 0 else f"'{names[k - 1]}'"
-            if not np.allclose(ds[k], 0.0, atol=1e-6) or not np.allclose(scale[k], s[k], **tol):
-                raise DiffusionStructureError(
-                    f"guide site '{name}': its scale depends on the previous state; a Gaussian-linear step needs a "
-                    "scale that is a function of time only"
-                )
-            if not (np.allclose(dloc[k], a[k] * tprev[k], **tol) and np.allclose(loc[k], a[k] * prev[k] + b[k], **tol)):
-                raise DiffusionStructureError(
-                    f"guide site '{name}': its mean is not of the form a * {parent} + b (affine, elementwise, and "
-                    "depending on the previous state only); a diffusion ELBO is derived only for Gaussian-linear "
-                    "forward chains"
-                )
+
+        def per_step(ok):  # np.allclose of each step's elements, for all steps at once
+            return np.reshape(ok, (self.n, -1)).all(axis=1)
+
+        scale_ok = per_step(np.isclose(ds, 0.0, atol=1e-6)) & per_step(np.isclose(scale, s, **tol))
+        mean_ok = per_step(np.isclose(dloc, a * tprev, **tol)) & per_step(np.isclose(loc, a * prev + b, **tol))
+        bad = np.flatnonzero(~(scale_ok & mean_ok))
+        if bad.size == 0:
+            return
+        k = int(bad[0])
+        name, parent = names[k], "the data x" if k == 0 else f"'{names[k - 1]}'"
+        if not scale_ok[k]:
+            raise DiffusionStructureError(
+                f"guide site '{name}': its scale depends on the previous state; a Gaussian-linear step needs a "
+                "scale that is a function of time only"
+            )
+        raise DiffusionStructureError(
+            f"guide site '{name}': its mean is not of the form a * {parent} + b (affine, elementwise, and "
+            "depending on the previous state only); a diffusion ELBO is derived only for Gaussian-linear "
+            "forward chains"
+        )
 
     # ------------------------------------------------------------------ the model
-    def _model_sites(self, params, key, x, ts, args, start_value):
-        """Run the model on a sub-grid with its first (prior) site set to ``start_value``."""
-        claimed: list[str] = []
+    def _model_sites(self, params, key, x, ts, args, start_value) -> StateReader:
+        """Run the model on a sub-grid with its first (prior) state set to ``start_value``."""
 
-        def first_latent(msg):
-            if start_value is not None and msg["type"] == "sample" and not msg["is_observed"] and not claimed:
-                claimed.append(msg["name"])
-                return start_value
-            return None
+        def first_state(index, step):
+            if start_value is None or index != 0:
+                return None
+            if step is not None:
+                raise DiffusionStructureError(
+                    "the model draws its first state inside a gendsl.scan; draw the prior (the state at the last "
+                    "time) as its own site before the loop of reverse steps"
+                )
+            return start_value
 
-        fn = self.model.bind(params).fn if params else self.model.fn
-        fn = handlers.substitute(fn, substitute_fn=first_latent)
-        tr = handlers.trace(handlers.seed(fn, key=key)).get_trace(x, ts, *args)
-        sites = {name: site for name, site in tr.items() if site["type"] == "sample"}
-        latents, observed = _split(sites, "model")
-        if len(latents) != len(ts):
+        reader = _read(self.model, params, key, x, ts, args, "model", first_state)
+        if reader.count != len(ts):
             raise DiffusionStructureError(
-                f"the model has {len(latents)} latent sites {latents} on a grid of {len(ts)} times; expected one "
-                "per time (the prior at the last time, then one reverse step per earlier time)"
+                f"the model has {reader.count} latent states {_summary(reader)} on a grid of {len(ts)} times; "
+                "expected one per time (the prior at the last time, then one reverse step per earlier time)"
             )
-        if len(observed) != 1:
+        if len(reader.observed) != 1 or reader.observed[0][2]:
             raise DiffusionStructureError(
-                f"the model observes {observed or 'no sites'}; expected exactly one observed site, the data x "
-                "through a decoder of the state at the first time"
+                f"the model observes {[o[0] for o in reader.observed] or 'no sites'}; expected exactly one "
+                "observed site outside loops, the data x through a decoder of the state at the first time"
             )
-        return sites, latents, observed[0]
+        return reader
 
     def _step(self, params, key, x, k, z_k, args):
         """The model's reverse step from ``t_k`` to ``t_{k-1}`` (0-based ``k``): its Normal's loc and scale."""
         ts = jnp.stack([jnp.asarray(self.ts)[k - 1], jnp.asarray(self.ts)[k]])
-        sites, latents, _ = self._model_sites(params, key, x, ts, args, z_k)
-        return _normal(sites[latents[1]], "model")
+        return _executed(self._model_sites(params, key, x, ts, args, z_k), 1)
 
     def predictions(self, params, key, x, k, z_k, *args, chain: GaussianChain | None = None) -> dict:
         """The model's implied predictions at step ``k`` (0-based, ``1 <= k < n``) given ``z_k``.
@@ -453,11 +477,11 @@ class DiffusionELBO:
         step_kl = gaussian_kl(m_q, v_q, loc, scale**2)
 
         z_1 = chain.A[0] * x + chain.B[0] + chain.S[0] * jax.random.normal(k_rec, jnp.shape(x), jnp.result_type(x))
-        sites, _, obs = self._model_sites(params, k_model, x, jnp.asarray(self.ts)[:1], args, z_1)
-        reconstruction = jnp.sum(sites[obs]["fn"].log_prob(x))
+        decoder = self._model_sites(params, k_model, x, jnp.asarray(self.ts)[:1], args, z_1).observed[0][1]
+        reconstruction = jnp.sum(decoder.log_prob(x))
 
-        prior_sites, prior_latents, _ = self._model_sites(params, k_model, x, jnp.asarray(self.ts)[-1:], args, None)
-        p_loc, p_scale = _normal(prior_sites[prior_latents[0]], "model")
+        prior = self._model_sites(params, k_model, x, jnp.asarray(self.ts)[-1:], args, None)
+        p_loc, p_scale = _executed(prior, 0)
         prior_kl = gaussian_kl(chain.A[-1] * x + chain.B[-1], chain.S[-1] ** 2, p_loc, p_scale**2)
         return {"reconstruction": reconstruction, "prior_kl": prior_kl, "step_kl": step_kl, "step": k}
 
@@ -657,22 +681,29 @@ class DiffusionELBO:
             DiffusionStructureError: naming the offending site.
         """
         chain = self.chain(params, x)
-        sites = _run(self.model, params, jax.random.key(0), x, self.ts, ())
-        latents, observed = _split(sites, "model")
-        if sorted(latents) != sorted(chain.names):
+        readers = []
+
+        def run(x, ts):  # traced, not run: only the sites' addresses, order and shapes are read
+            readers.append(_read(self.model, params, jax.random.key(0), x, ts, (), "model"))
+
+        jax.eval_shape(run, x, self.ts)
+        reader = readers[0]
+        guide_states = list(chain.names)
+        states = [label for site in reader.latents for label in _executed_labels(site)]
+        if sorted(states) != sorted(guide_states):
             raise DiffusionStructureError(
-                f"the model's latent sites {latents} are not the guide's {list(chain.names)}; both programs must "
-                "use the same addresses for the states"
+                f"the model's latent sites {_summary(reader)} are not the guide's {_summary_of(guide_states)}; both "
+                "programs must use the same addresses for the states (and loops of the same length)"
             )
-        if latents != list(reversed(chain.names)):
+        if states != guide_states[::-1]:
             raise DiffusionStructureError(
-                f"the model visits {latents}; a reverse chain visits the guide's states in reverse order "
-                f"{list(reversed(chain.names))}"
+                f"the model visits its states in the order {_summary(reader)}; a reverse chain visits the guide's "
+                "states in reverse order (z_n first: a loop of reverse steps is a gendsl.scan with reverse=True)"
             )
-        for name in latents:
-            _normal(sites[name], "model")
-        if len(observed) != 1:
-            raise DiffusionStructureError(f"the model observes {observed or 'no sites'}; expected exactly one")
+        if len(reader.observed) != 1:
+            raise DiffusionStructureError(
+                f"the model observes {[o[0] for o in reader.observed] or 'no sites'}; expected exactly one"
+            )
 
 
 def _check_parameterization(p: str) -> None:
@@ -714,5 +745,26 @@ def diffusion_elbo(model, guide, ts) -> DiffusionELBO:
         Array([0.9   , 0.81  , 0.729 , 0.6561, 0.5905], dtype=float32)
         >>> d.elbo({}, jax.random.key(0), 1.0).shape
         ()
+
+        The same pair in scan form: the guide's states at ``t_1 .. t_{n-1}`` in one
+        ``gendsl.scan`` (per-step schedule values as its inputs) and the last one as
+        a site of its own; the model's prior, then its reverse steps in a
+        ``gendsl.scan(..., reverse=True)``. Recognition traces the loop body once:
+
+        >>> @gendsl.model
+        ... def scan_guide(x, ts):
+        ...     a = jnp.full(jnp.shape(ts), 0.9)             # per-step coefficients: any function of ts
+        ...     step = lambda z, a_k: (gendsl.sample("z", dist.Normal(a_k * z, 0.3)), None)
+        ...     z, _ = gendsl.scan("chain", step, x, a[:-1])
+        ...     gendsl.sample("zT", dist.Normal(a[-1] * z, 0.3))
+        >>> @gendsl.model
+        ... def scan_model(x, ts):
+        ...     z = gendsl.sample("zT", dist.Normal(0.0, 1.0))
+        ...     step = lambda z, t: (gendsl.sample("z", dist.Normal(0.5 * z, 0.5)), None)
+        ...     z, _ = gendsl.scan("chain", step, z, ts[1:], reverse=True)
+        ...     gendsl.sample("x", dist.Normal(z, 0.3), obs=x)
+        >>> chain = diffusion_elbo(scan_model, scan_guide, ts=jnp.arange(1, 1001)).chain({}, 0.0)
+        >>> chain.names[:2], chain.names[-1], chain.A.shape
+        (('chain/z[0]', 'chain/z[1]'), 'zT', (1000,))
     """
     return DiffusionELBO(model, guide, ts)

@@ -140,3 +140,28 @@ def test_scale_and_strategy_reach_loop_sites():
     spy = handlers.infer_config(annotated, config_fn=body_probe)
     handlers.seed(spy, key=0)(6)
     assert seen["chain/x"] == "enum" and seen["x0"] is None
+
+
+def test_reverse_loop_stacks_by_position_and_scores_the_reverse_chain():
+    """``reverse=True``: step t reads xs[t] and its value is stacked at position t, steps run n-1 .. 0."""
+
+    @gendsl.model
+    def backward(xs):
+        def step(x, loc):
+            x = gendsl.sample("x", dist.Normal(0.5 * x + loc, 1.0))
+            return x, x
+
+        return gendsl.scan("chain", step, 3.0, xs, reverse=True)
+
+    xs = jnp.arange(6.0)
+    tr = backward.simulate(jax.random.key(8), xs)
+    x = np.asarray(tr.choices["chain/x"], np.float64)
+    np.testing.assert_array_equal(x, np.asarray(tr.retval[1]))  # values at the positions of their xs
+    np.testing.assert_allclose(float(tr.retval[0]), x[0])  # the last step run is position 0
+    parent = np.concatenate([x[1:], [3.0]])  # position t follows position t + 1
+    np.testing.assert_allclose(float(tr.score), stats.norm.logpdf(x, 0.5 * parent + np.arange(6.0), 1.0).sum(),
+                               rtol=1e-5)
+    fixed = jnp.linspace(-1.0, 1.0, 6)
+    tr2 = backward.generate(jax.random.key(9), {"chain/x": fixed}, xs)[0]
+    np.testing.assert_array_equal(np.asarray(tr2.choices["chain/x"]), np.asarray(fixed))
+    np.testing.assert_allclose(float(backward.assess({"chain/x": fixed}, xs)), float(tr2.score), rtol=1e-6)
