@@ -452,8 +452,10 @@ class DDPM:
             return simple.fn(params, xs, *cond)
 
         def init(key, data, *cond, **kwargs):
+            # The network's parameters from a one-step chain (``DDPM.init``): no constraints, and no
+            # trace of the whole T-step chain, which SVI.init would otherwise make just to learn that.
             xs, cond = _unpack(data, cond)
-            return self.elbo.init_params(key, xs, *cond, **kwargs)
+            return self.init(key, *(jnp.asarray(c)[0] for c in cond)), {}
 
         objective.__name__ = "ddpm_simple"
         return expectation(objective, models=simple.models, init=init)
