@@ -130,9 +130,27 @@ def _check_form(form: str) -> None:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 
-def _schedule(alpha_bar: Callable, ts) -> jax.Array:
-    """``alpha_bar`` at every time of the grid, one vectorized call (the schedule may be written for scalars)."""
-    return jax.vmap(alpha_bar)(jnp.asarray(ts))
+def _schedule(alpha_bar: Callable) -> Callable:
+    """``ts -> alpha_bar`` at every time of the grid, vectorized (a schedule may be written for scalars) and jitted.
+
+    Jitted because ``diffusion_elbo`` recognizes a fixed schedule under compile-time evaluation: ops on a
+    concrete grid would each be compiled on their own, this is one compiled call (inlined when traced).
+    """
+    return jax.jit(jax.vmap(alpha_bar))
+
+
+def _forward_steps(alpha_bar: Callable) -> Callable:
+    """``ts -> ((a, s) of steps 1..n-1, (a, s) of step n)``: ``q(z_k | z_{k-1}) = N(a_k z_{k-1}, s_k^2)``."""
+    schedule = _schedule(alpha_bar)
+
+    @jax.jit
+    def steps(ts):
+        ab = schedule(ts)
+        ratio = ab / jnp.concatenate([jnp.ones_like(ab[:1]), ab[:-1]])  # alpha_{t|s}^2 of each step
+        a, s = ratio**0.5, (1.0 - ratio) ** 0.5
+        return (a[:-1], s[:-1]), (a[-1], s[-1])
+
+    return steps
 
 
 def vp_forward(alpha_bar: Callable, *, form: str = "scan") -> gendsl.Model:
@@ -161,9 +179,7 @@ def vp_forward(alpha_bar: Callable, *, form: str = "scan") -> gendsl.Model:
         ['z1', 'z10', 'z2']
     """
     _check_form(form)
-
-    def draw(name, z, ratio, shape):
-        return gendsl.sample(name, _normal(ratio**0.5 * z, (1.0 - ratio) ** 0.5, shape))
+    forward_steps = _forward_steps(alpha_bar)
 
     @gendsl.model
     def guide(x, ts, *_):
@@ -172,17 +188,17 @@ def vp_forward(alpha_bar: Callable, *, form: str = "scan") -> gendsl.Model:
             z, prev = x, 1.0
             for k in range(len(ts)):
                 ab = alpha_bar(ts[k])
-                z = draw(f"z{k + 1}", z, ab / prev, shape)  # a concrete schedule stays numpy (cheap to trace)
+                ratio = ab / prev  # ** 0.5 rather than jnp.sqrt: a concrete schedule stays numpy (cheap to trace)
+                z = gendsl.sample(f"z{k + 1}", _normal(ratio**0.5 * z, (1.0 - ratio) ** 0.5, shape))
                 prev = ab
             return z
-        ab = _schedule(alpha_bar, ts)
-        ratio = ab / jnp.concatenate([jnp.ones_like(ab[:1]), ab[:-1]])  # alpha_{t|s}^2 of each step
+        steps, (a_n, s_n) = forward_steps(ts)
 
-        def step(z, r):
-            return draw("z", z, r, shape), None
+        def step(z, a_s):
+            return gendsl.sample("z", _normal(a_s[0] * z, a_s[1], shape)), None
 
-        z, _ = gendsl.scan("chain", step, x, ratio[:-1])
-        return draw("zT", z, ratio[-1], shape)
+        z, _ = gendsl.scan("chain", step, x, steps)
+        return gendsl.sample("zT", _normal(a_n * z, s_n, shape))
 
     return guide
 
@@ -250,6 +266,8 @@ def vp_reverse(
             scale = decoder_scale(t_1) if callable(decoder_scale) else decoder_scale
         return gendsl.sample("x", _normal(x0, scale, shape), obs=x)
 
+    schedule = _schedule(alpha_bar)
+
     @gendsl.model
     def model(x, ts, *cond):
         module = gendsl.module("net", net)
@@ -260,7 +278,7 @@ def vp_reverse(
                 mean, scale = reverse_step(module, z, ts[k], alpha_bar(ts[k - 1]), alpha_bar(ts[k]), cond)
                 z = gendsl.sample(f"z{k}", _normal(mean, scale, shape))
             return decode(module, z, ts[0], alpha_bar(ts[0]), x, cond)
-        ab = _schedule(alpha_bar, ts)
+        ab = schedule(ts)
         z = gendsl.sample("zT", _normal(0.0, 1.0, shape))
 
         def step(z, inputs):

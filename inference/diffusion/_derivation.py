@@ -44,7 +44,7 @@ Design decisions:
   call), so a training step costs what a hand-written loss costs and compiles in
   time independent of ``n``. This is the only convention the derivation needs:
   a program run on a sub-grid is the same chain restricted to that grid
-  (Gen's ``Unfold`` semantics). The grid reaches both programs as a traced array.
+  (Gen's ``Unfold`` semantics). The model receives its sub-grids as traced arrays.
 * **Unrolled or scanned chains; states by position.** A Python loop of sites
   (``"z1"``, ..., ``"zn"``) is traced once per step: recognizing a 1,000-step guide
   took about 20 s. The *scan form* draws the states at ``t_1 .. t_{n-1}`` in one
@@ -62,9 +62,12 @@ Design decisions:
   event shape, not the batch's.
 * **Fixed schedules cost nothing.** When the guide has no parameters its
   coefficients are computed once, eagerly (``jax.ensure_compile_time_eval``),
-  and enter compiled objectives as constants. Everything the recognition computes
-  from (the grid, the points, the key) is an argument of one jitted function:
-  under compile-time evaluation an op on constants would be compiled on its own. A guide with parameters (a learned
+  and enter compiled objectives as constants. The recognition is one jitted
+  ``jax.jvp`` of the guide with its points as (numpy) arguments and the grid a
+  constant: the schedule folds into constants, so an unrolled chain's program
+  holds only the states' dependence. Under compile-time evaluation every JAX op
+  on constants is compiled on its own, so a scan-form program computes its
+  per-step schedule values in one jitted call. A guide with parameters (a learned
   discrete schedule) is re-traced inside every objective call.
 """
 
@@ -161,8 +164,9 @@ def gaussian_kl(m_q, v_q, m_p, v_p) -> jax.Array:
 def _read(program, params, key, x, ts, args, who: str, provide=None) -> StateReader:
     """Run ``program(x, ts, *args)`` once under a ``StateReader``: its states, observed sites and parameters."""
     fn = program.bind(params).fn if params else program.fn
-    reader = StateReader(handlers.seed(fn, key=key), who=who, provide=provide)
-    reader(x, ts, *args)
+    reader = StateReader(fn, who=who, provide=provide)
+    # The reader inside the seed: a substituted site has its value before the seed would derive its key.
+    handlers.seed(reader, key=key)(x, ts, *args)
     if not reader.latents:
         raise DiffusionStructureError(f"the {who} has no latent sites: expected a chain of Normal sites")
     return reader
@@ -315,9 +319,9 @@ class DiffusionELBO:
         found: list[str] = []
         declared: list[str] = []
 
-        def locs_scales(x, values, ts, key):
+        def locs_scales(x, values):
             # Substitute the chain's states by position; check the structure on the way (at trace time).
-            reader = _read(self.guide, params, key, x, ts, (), "guide", stacked_provider(values))
+            reader = _read(self.guide, params, jax.random.key(0), x, self.ts, (), "guide", stacked_provider(values))
             declared[:] = reader.params
             if reader.observed:
                 raise DiffusionStructureError(
@@ -338,14 +342,14 @@ class DiffusionELBO:
             found[:] = reader.labels()
             return _stack_states(reader, "loc"), _stack_states(reader, "scale")
 
-        def at(ts, key, prim, tan):
-            return jax.jvp(lambda x, v: locs_scales(x, v, ts, key), (prim[0], prim[1:]), (tan[0], tan[1:]))
+        def at(prim, tan):
+            return jax.jvp(locs_scales, (prim[0], prim[1:]), (tan[0], tan[1:]))
 
-        # Everything the guide computes from is an argument of one jitted function, nothing a constant: under
-        # jax.ensure_compile_time_eval (a fixed schedule) an op on constants (the schedule of the grid) would be
-        # evaluated, and compiled, one by one while tracing. The points are numpy arrays for the same reason.
+        # The points are arguments, and numpy arrays: under jax.ensure_compile_time_eval (a fixed schedule), ops on
+        # constants are evaluated while tracing, one compiled op at a time. The grid stays a constant: a fixed
+        # schedule is then folded into constants (numpy or compile-time JAX) and only the chain's dependence on
+        # its states is compiled (an unrolled chain's program grows with n, and XLA's compile time faster).
         zeros, ones = np.zeros((self.n + 1, *shape), dtype), np.ones((self.n + 1, *shape), dtype)
-        key = jax.random.key(0)
         if check:
             # At 0 with unit tangents: b = loc(0), a = d loc / d parent, s = scale, ds = d scale; and, in the same
             # vectorized pass, at a random point with random tangents: an affine, elementwise, Markov step
@@ -353,12 +357,12 @@ class DiffusionELBO:
             rng = np.random.default_rng(1)
             prim = np.stack([zeros, rng.standard_normal(zeros.shape).astype(dtype)])
             tan = np.stack([ones, rng.standard_normal(zeros.shape).astype(dtype)])
-            (loc, scale), (dloc, ds) = jax.jit(jax.vmap(at, in_axes=(None, None, 0, 0)))(self.ts, key, prim, tan)
+            (loc, scale), (dloc, ds) = jax.jit(jax.vmap(at))(prim, tan)
             loc, scale, dloc, ds = (np.asarray(c) for c in (loc, scale, dloc, ds))
             out = {"a": dloc[0], "b": loc[0], "s": scale[0], "ds": ds[0], "loc": loc[1], "scale": scale[1],
                    "dloc": dloc[1], "prev": prim[1, :-1], "tprev": tan[1, :-1]}
         else:
-            (b, s), (a, ds) = jax.jit(at)(self.ts, key, zeros, ones)
+            (b, s), (a, ds) = jax.jit(at)(zeros, ones)
             out = {"a": a, "b": b, "s": s, "ds": ds}
         names = list(found)
         if check:
