@@ -30,6 +30,11 @@ standard errors; about 0 for unbiased estimators).
 
     python benchmarks/grad_variance.py --data ../shared/data/mnist      # ~5 min on 2 CPU cores
     python benchmarks/grad_variance.py --models coin,mixture            # the small models only (~1 min)
+
+With ``--auto``, instead: the sites are marked ``AUTO`` and ``gendsl.inference.choose_strategies``
+picks each model's estimator by its own measurement (gradient variance x time of ENUM, MVD and
+REINFORCE with an EMA baseline, ``--auto-repeats`` estimates each, at the same parameters); the table
+gives its figures, its choice and how long the choice took (issue 16, item 5).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from numpyro.infer import TraceGraph_ELBO
 import gendsl
 import gendsl.distributions as dist
 from gendsl.datasets import mnist_images, multi_mnist
-from gendsl.inference import ENUM, MVD, Reinforce, density, elbo, expectation, sim
+from gendsl.inference import AUTO, ENUM, MVD, Reinforce, choose_strategies, density, elbo, expectation, sim
 from gendsl.models.air import make_air
 
 KEPT = " (log q term kept)"
@@ -190,6 +195,28 @@ def measure(name, problem, n, rounds, chunk, sites):
     return lines, g.shape[1]
 
 
+def auto(name, problem, sites, repeats, seed):
+    """The rows of ``choose_strategies`` on one model (``--auto``)."""
+    p, q, params, args = problem
+    t0 = time.perf_counter()
+    choice = choose_strategies(elbo(p, with_rules(q, AUTO, sites)), jax.random.key(seed), *args, params=params,
+                               repeats=repeats)
+    seconds = time.perf_counter() - t0
+    lines = []
+    for r in choice.rows:
+        where = r.sites[0] if len(r.sites) == 1 else f"{r.sites[0]} .. {r.sites[-1]} ({len(r.sites)})"
+        if r.reason is not None:
+            lines.append(f"| {name} | {where} | {r.candidate} | skipped: {r.reason} | | | |")
+            continue
+        product = "0 (exact)" if r.exact else f"{r.product:.3g}"
+        lines.append(f"| {name} | {where} | {r.candidate} | {r.variance:.4g} ± {r.variance_se:.2g} | "
+                     f"{r.seconds * 1e3:.3f} | {product} | {'**chosen**' if r.chosen else ''} |")
+    lines.append(f"| {name} | | choice took {seconds:.1f} s | | | | |")
+    for line in lines:
+        print(line, file=sys.stderr)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/mnist", help="MNIST folder (for the AIR canvas)")
@@ -200,6 +227,8 @@ def main():
     parser.add_argument("--out", default=None)
     parser.add_argument("--models", default="coin,mixture,AIR",
                         help="comma-separated subset of coin, mixture, AIR (AIR needs --data)")
+    parser.add_argument("--auto", action="store_true", help="run choose_strategies (AUTO) on each model instead")
+    parser.add_argument("--auto-repeats", type=int, default=64, help="estimates per candidate with --auto")
     args = parser.parse_args()
     chosen = args.models.split(",")
     unknown = sorted(set(chosen) - {"coin", "mixture", "AIR"})
@@ -228,8 +257,21 @@ def main():
         "mixture": lambda: (mixture(), args.n, 5000, ["z"]),
         "AIR": lambda: (air_problem(args.data, args.seed), args.n_air, 25, ["z_pres_*"]),
     }
+    if args.auto:
+        md[0] = "# AUTO: estimator chosen by measured gradient variance x time (issue 16, item 5)"
+        md[2] = (f"`python benchmarks/grad_variance.py --auto --auto-repeats {args.auto_repeats} --data {args.data} "
+                 f"--models {args.models}` on {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+                 f"{datetime.date.today()}; jax {jax.__version__}.")
+        md[4] = ("Variance ± standard error: mean over parameters of the per-parameter variance of one ELBO-gradient "
+                 "estimate. Time: median of the timed estimates, candidates interleaved.")
+        md[6:8] = ["| model | sites | candidate | variance | ms / estimate | variance x s | choice |",
+                   "|---|---|---|---|---|---|---|"]
     for name in chosen:
         problem, n, chunk, sites = problems[name]()
+        if args.auto:
+            md += auto(name, problem, sites, args.auto_repeats, args.seed)
+            sizes[name] = sum(np.size(a) for a in jax.tree_util.tree_leaves(problem[2]))
+            continue
         lines, sizes[name] = measure(name, problem, n, args.rounds, chunk, sites)
         md += lines
     md += ["", "Parameters: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + "."]

@@ -9,6 +9,7 @@ built from the model. Diffusion and flow objectives live in ``gendsl.inference.d
 """
 
 from gendsl.inference._arviz import to_inference_data
+from gendsl.inference._auto import AUTO, Auto, AutoUnresolved, StrategyChoice, StrategyRow, assign, choose_strategies
 from gendsl.inference._autoguide import (
     AutoDelta,
     AutoGuide,
@@ -54,7 +55,14 @@ from gendsl.inference._strategies import REPARAM, EstimatorError, Reparam, Site,
 from gendsl.inference._svi import SVI, ChunkInfo, DivergenceError, NonFiniteError, SVIInfo, SVIRunResult, SVIState
 
 __all__ = [
+    "AUTO",
     "SVI",
+    "Auto",
+    "AutoUnresolved",
+    "StrategyChoice",
+    "StrategyRow",
+    "assign",
+    "choose_strategies",
     "AutoBNAFNormal",
     "AutoDelta",
     "AutoFlow",

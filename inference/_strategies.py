@@ -2,7 +2,8 @@
 
 A strategy is attached to a sample site with ``gendsl.sample(..., strategy=S)`` or from
 outside with ``gendsl.handlers.strategy(model, rules={"z*": S})``. Registered names are
-accepted as shorthand: ``"reparam"``, ``"reinforce"``, ``"enum"``, ``"mvd"``, ``"relaxed"``.
+accepted as shorthand: ``"reparam"``, ``"reinforce"``, ``"enum"``, ``"mvd"``, ``"relaxed"``,
+``"auto"``.
 
 ============  ==========================================================  ==========================
 strategy      gradient                                                     sites
@@ -16,6 +17,8 @@ MVD           measure-valued derivative (weak derivative pairs)           Bernou
                                                                            Normal, Poisson, Geometric
 Relaxed       Gumbel-softmax (binary Concrete) relaxation: *biased*,      Bernoulli
               refused unless ``allow_bias=True``
+AUTO          one of the above, chosen by measuring gradient variance x   any
+              time at the starting parameters (``_auto``)
 ============  ==========================================================  ==========================
 
 The default is REPARAM where the distribution supports it, otherwise REINFORCE with an
@@ -24,6 +27,8 @@ exponential-moving-average baseline.
 **A strategy carries its behaviour.** The site handler (``_sites``) resolves a site's
 strategy and makes one call on it; everything a strategy does lives in its class:
 
+* ``select(fn, address)``: the strategy that handles the site: itself, except for a deferred
+  choice (``AUTO`` answers with the strategy chosen for the address);
 * ``check(fn, address)``: refuse a site it cannot handle without bias (``EstimatorError``
   naming the site and the fix);
 * ``sample_site(site, msg)``: a site drawn by ``sim``, after sampling: stop or replace the
@@ -38,6 +43,7 @@ registers the shorthand ``"mine"`` too.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from typing import Any, ClassVar
 
@@ -46,11 +52,23 @@ from numpyro.distributions import Distribution
 from gendsl import GendslError
 from gendsl.inference._execution import Execution
 
-__all__ = ["REPARAM", "EstimatorError", "Reparam", "Site", "Strategy", "resolve"]
+__all__ = ["REPARAM", "AutoUnresolved", "EstimatorError", "Reparam", "Site", "Strategy", "deferred_choice", "resolve"]
 
 
 class EstimatorError(GendslError, ValueError):
     """A site's gradient cannot be estimated without bias with the chosen strategy."""
+
+
+class AutoUnresolved(EstimatorError):
+    """A site whose strategy is chosen by measurement (``AUTO``) was reached before the choice was made."""
+
+
+#: While an objective that carries a choice for its deferred sites runs (``AUTO``, see
+#: ``gendsl.inference._auto.assign``), the object whose ``select(fn, address)`` answers for them;
+#: None otherwise. It lives here, in the module that every strategy module imports by its full
+#: name, so that every copy of a strategy class reads the same one (pytest's doctest collection
+#: imports ``inference/`` a second time, as the package ``inference``).
+deferred_choice: contextvars.ContextVar = contextvars.ContextVar("gendsl_deferred_choice", default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +115,10 @@ class Strategy:
         if name is not None:
             # The shorthand names the default-configured strategy.
             Strategy.registry[name.lower()] = cls
+
+    def select(self, fn: Distribution, address: str) -> Strategy:
+        """The strategy that handles the site: ``self``, or the one a deferred choice (``AUTO``) made."""
+        return self
 
     def check(self, fn: Distribution, address: str) -> None:
         """Raise ``EstimatorError`` if this strategy cannot handle a site with distribution ``fn``."""
@@ -147,5 +169,6 @@ def resolve(strategy: Any, fn: Distribution, address: str) -> Strategy:
             f"site '{address}': expected a gradient strategy (REPARAM, REINFORCE, ENUM, MVD, or a "
             f"gendsl.inference.Strategy), got {strategy!r}"
         )
+    strategy = strategy.select(fn, address)
     strategy.check(fn, address)
     return strategy

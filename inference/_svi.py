@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from gendsl import GendslError
+from gendsl.inference._auto import AutoUnresolved, choose_strategies
 from gendsl.inference._estimator import value_and_grad
 from gendsl.inference._expectation import Expectation
 from gendsl.inference._params import init_params, strongly_typed, transforms
@@ -200,6 +201,11 @@ class SVI:
     ``run(..., ema=0.999)`` keeps an EMA of the parameters and ``run(..., validate=...,
     patience=...)`` stops early at the best validation value.
 
+    Sites marked ``AUTO`` get their strategies at the first ``init``: ``choose_strategies``
+    measures the candidates on its arguments and parameters, ``svi.strategy_choice`` keeps
+    the report, and ``svi.objective`` becomes the objective with the choice applied (later
+    inits and steps use it).
+
     Example:
         >>> import jax, optax, gendsl, gendsl.distributions as dist
         >>> from gendsl.inference import SVI, elbo
@@ -231,6 +237,7 @@ class SVI:
         self.optimizer = optimizer
         self.samples = samples
         self.per_point = bool(per_point)
+        self.strategy_choice = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -263,9 +270,15 @@ class SVI:
         # Find the sites with EMA baselines now, so that the state's structure never changes
         # between steps (a change would retrace the jitted step).
         # The same trace also shows which parameters the objective uses at all.
-        jaxpr, (_, _, shapes) = jax.make_jaxpr(
-            lambda u: self._estimate(bijections, k_run, u, {}, args, kwargs), return_shape=True
-        )(unconstrained)
+        trace = jax.make_jaxpr(lambda u: self._estimate(bijections, k_run, u, {}, args, kwargs), return_shape=True)
+        try:
+            jaxpr, (_, _, shapes) = trace(unconstrained)
+        except AutoUnresolved:
+            # AUTO sites: choose their strategies by measurement, once; steps use the choice.
+            self.strategy_choice = choose_strategies(self.objective, k_init, *args, params=init, samples=self.samples,
+                                                     per_point=self.per_point, **kwargs)
+            self.objective = self.strategy_choice.objective
+            jaxpr, (_, _, shapes) = trace(unconstrained)
         _check_all_used(jaxpr.jaxpr, unconstrained)
         baselines = {a: jnp.zeros(s.shape, s.dtype) for a, s in shapes.items()}
         return SVIState(unconstrained, self.optimizer.init(unconstrained), baselines, k_run,

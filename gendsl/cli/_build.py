@@ -24,6 +24,7 @@ import optax
 import gendsl
 from gendsl.cli._errors import CLIError
 from gendsl.inference import (
+    AUTO,
     ENUM,
     MVD,
     REPARAM,
@@ -142,13 +143,15 @@ def _accepts(fn, name: str) -> bool:
 
 # ----------------------------------------------------------------------------- strategies
 
-_SIMPLE = {"reparam": REPARAM, "enum": ENUM, "mvd": MVD}
+_SIMPLE = {"reparam": REPARAM, "enum": ENUM, "mvd": MVD, "auto": AUTO}
 
 
 def parse_strategy(text: str) -> Strategy:
-    """``reparam``, ``enum``, ``mvd`` or ``reinforce[:<ema|loo|none|number>][:notrack]`` as a strategy.
+    """``reparam``, ``enum``, ``mvd``, ``auto`` or ``reinforce[:<ema|loo|none|number>][:notrack]`` as a strategy.
 
     ``notrack`` turns dependency tracking off (each score paired with the whole objective).
+    ``auto`` is ``gendsl.inference.AUTO``: ``SVI.init`` measures the admissible strategies'
+    gradient variance x time at the site and keeps the best (``svi.strategy_choice``).
     """
     t = text.strip().lower()
     if t in _SIMPLE:
@@ -167,7 +170,7 @@ def parse_strategy(text: str) -> Strategy:
         except ValueError:
             pass
     raise CLIError(
-        f"unknown strategy {text!r}; use reparam, enum, mvd, reinforce, reinforce:loo, reinforce:none, "
+        f"unknown strategy {text!r}; use reparam, enum, mvd, auto, reinforce, reinforce:loo, reinforce:none, "
         "reinforce:<constant>, each reinforce form optionally ending in :notrack (no dependency tracking)"
     )
 
@@ -204,7 +207,7 @@ def program_rules(program) -> list[tuple[str | None, Any]]:
             strategy = parse_strategy(strategy)
         if not isinstance(pattern, str) or not isinstance(strategy, Strategy):
             raise CLIError(f"{program.path}: strategies[{pattern!r}] = {strategy!r}: expected an address "
-                           "pattern mapped to a strategy (REPARAM, ENUM, MVD, Reinforce(...) or their names)")
+                           "pattern mapped to a strategy (REPARAM, ENUM, MVD, AUTO, Reinforce(...) or their names)")
         out.append((pattern, strategy))
     return out
 

@@ -26,3 +26,36 @@ def test_rules_parse(text, expected):
 def test_bad_rules_name_the_choices(text):
     with pytest.raises(CLIError, match="notrack"):
         parse_strategy(text)
+
+
+def test_auto_rules_parse_to_the_auto_strategy():
+    from gendsl.cli._build import parse_rules, strategy_rules
+    from gendsl.inference import AUTO
+
+    assert parse_strategy("auto") is AUTO and parse_strategy(" AUTO ") is AUTO
+    command = parse_rules(["auto", "z_pres_*=auto", "w=enum"])
+    assert command == [(None, AUTO), ("z_pres_*", AUTO), ("w", ENUM)]
+    assert strategy_rules([], command) == {"w": ENUM, "z_pres_*": AUTO, None: AUTO}
+
+
+def test_a_programs_auto_strategies_parse(tmp_path):
+    from gendsl.cli._build import program_rules
+    from gendsl.cli._program import load_program
+    from gendsl.inference import AUTO
+
+    path = tmp_path / "prog.py"
+    path.write_text('from gendsl.inference import AUTO\nstrategies = {"z*": "auto", "c": AUTO}\n')
+    assert program_rules(load_program(path)) == [("z*", AUTO), ("c", AUTO)]
+
+
+@pytest.mark.slow  # ~15 s: the candidates compiled at init, then a short fit
+def test_fit_with_strategy_auto_chooses_at_init(gendsl_cli, tmp_path):
+    import json
+    import pathlib
+
+    points = pathlib.Path(__file__).parent / "programs" / "points.py"
+    out = tmp_path / "run"
+    result = gendsl_cli("fit", points, "--out", out, "--steps", 20, "--batch-size", 16, "--strategy", "b=auto",
+                        "--quiet")
+    assert result.code == 0, result.err
+    assert json.loads((out / "config.json").read_text())["resolved"]["strategies"] == ["b=Auto()"]
