@@ -158,7 +158,7 @@ def check_report(choice, objective, params, args):
     np.testing.assert_array_equal(grads(choice.objective, params, args, 8), grads(written, params, args, 8))
 
 
-@pytest.mark.slow  # ~15 s: four estimators compiled per model
+@pytest.mark.slow  # ~3 s each: four estimators compiled per model
 @pytest.mark.parametrize("problem", [coin, mixture])
 def test_coin_and_mixture_choose_an_exact_estimator(problem):
     p, q, params, args = problem()
@@ -203,7 +203,7 @@ def test_air_chooses_enum():
                                                                          rows["ENUM"].variance_se)
 
 
-@pytest.mark.slow  # ~15 s
+@pytest.mark.slow  # ~20 s: nine small programs compiled
 def test_sites_with_different_candidates_are_decided_apart():
     p, q = mixed()
     objective = elbo(p, q)
