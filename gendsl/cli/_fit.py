@@ -204,7 +204,8 @@ def fit(args) -> int:
     with device_context(options["device"]):
         k_train, k_eval, k_post = jax.random.split(jax.random.key(options["seed"]), 3)
         # SVI.run(k_train, ...) draws minibatches from split(k_train)[1]; the state starts from split(k_train)[0].
-        setup = prepare(program, options, init_key=jax.random.split(k_train)[0])
+        choice = (saved or {}).get("resolved", {}).get("strategy_choice")
+        setup = prepare(program, options, init_key=jax.random.split(k_train)[0], strategy_choice=choice)
         _check_out(folder, args.resume, args.overwrite)
         folder.create()
         with folder.lock():
@@ -311,6 +312,14 @@ class _Progress:
         return self.signals.received is not None
 
 
+def _strategy_choice(setup: Setup, saved: dict | None) -> dict | None:
+    """What ``auto`` strategy rules chose at the run's start (``{site: strategy}``), kept across resumes."""
+    choice = getattr(setup.svi, "strategy_choice", None)
+    if choice is not None:
+        return choice.labels()
+    return (saved or {}).get("resolved", {}).get("strategy_choice")
+
+
 def _sums_points(setup: Setup) -> bool:
     """Whether a step's objective is a sum over the minibatch's points (shown divided by the batch size)."""
     return setup.kind.kind == "vi" or setup.built.svi_per_point
@@ -338,6 +347,7 @@ def run_config(args, setup: Setup, saved: dict | None, start_step: int) -> dict:
             "test_shapes": shapes(setup.data.test) if setup.data.test is not None else None,
             "device": str(jax.devices()[0]) if options["device"] == "auto" else options["device"],
             "devices": setup.mesh.size if setup.mesh is not None else 1,
+            "strategy_choice": _strategy_choice(setup, saved),
         },
         # Ties params.npz and checkpoint.npz to this config (eval/sample check it); kept across resumes.
         "run_id": saved.get("run_id") if saved is not None and saved.get("run_id") else uuid.uuid4().hex,
@@ -379,6 +389,9 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
         progress = _Progress(setup, folder, metrics, rows, held_out, bar, signals, start_step, wall_before, meta,
                              quiet)
         _say(quiet, _banner(setup, start_step))
+        if getattr(setup.svi, "strategy_choice", None) is not None:
+            _say(quiet, "  strategy auto: measured gradient variance x time of the admissible strategies:\n"
+                 + "\n".join("    " + line for line in setup.svi.strategy_choice.table().splitlines()))
         if start_step == 0:
             row = {"step": 0, "wall_s": 0.0}
             if held_out is not None:
@@ -675,6 +688,9 @@ def _write_outputs(setup: Setup, folder: RunFolder, params, rows, config, key, w
     if held:
         header.append(f"held-out ELBO{per}: {held[0]['held_out_elbo']:.3f} at step {held[0]['step']}, "
                       f"{held[-1]['held_out_elbo']:.3f} at step {held[-1]['step']}")
+    chosen = config["resolved"].get("strategy_choice")
+    if chosen:
+        header.append("strategy auto chose: " + ", ".join(f"{a}={name}" for a, name in chosen.items()))
     header += _closing_lines(config, o, "held-out ELBO", "; the posterior below uses it", warning)
     header += ["", f"Posterior summary of the guide's draws ({idata.posterior.sizes['draw']} draws; a variational "
                "approximation, so no r_hat / ESS):"]

@@ -216,8 +216,9 @@ FIT_OPTIONS = (
     Option("strategy", strategy_list, [],
            "gradient strategy rule for guide sites, repeatable: NAME applies to every site that cannot be "
            "reparameterized, PATTERN=NAME to the sites matching the fnmatch pattern; NAME is reparam, enum, mvd, "
-           "reinforce (EMA baseline), reinforce:loo, reinforce:none or reinforce:<constant>; append :notrack to "
-           "pair REINFORCE scores with the whole objective (no dependency tracking)", "RULE"),
+           "reinforce (EMA baseline), reinforce:loo, reinforce:none or reinforce:<constant>, or auto (measure the "
+           "admissible ones' gradient variance x time at the start and keep the best; recorded in config.json); "
+           "append :notrack to pair REINFORCE scores with the whole objective (no dependency tracking)", "RULE"),
     Option("steps", positive_int, 1000,
            "total optimization steps; with --resume, the total to reach, not steps to add (fewer than the run has "
            "done is an error) (default 1000)", "N"),

@@ -129,8 +129,12 @@ def shapes(tree) -> Any:
     return jax.tree_util.tree_map(lambda a: list(jnp.shape(a)), tree)
 
 
-def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
+def prepare(program: Program, options: dict, *, init_key=None, strategy_choice: dict | None = None) -> Setup:
     """Build and check the setup for ``options`` (see the module docstring).
+
+    ``strategy_choice`` (``{site address: strategy name}``, as a run's ``config.json`` records
+    it) applies the strategies that ``auto`` rules chose when the run started, instead of
+    measuring again: a resumed run, ``eval`` and ``sample`` use the run's own choice.
 
     With ``init_key``, also initialize the SVI state with it (``setup.state``)
     and trace one step on the first minibatch.
@@ -187,6 +191,11 @@ def prepare(program: Program, options: dict, *, init_key=None) -> Setup:
     built = _build.build_objective(name, model, trained_guide, options["particles"], options["alpha"], program,
                                    per_point, first)
     per_point = built.per_point
+    if strategy_choice:
+        from gendsl.inference import assign
+
+        chosen = {a: _build.parse_strategy(name.lower()) for a, name in strategy_choice.items()}
+        built = dataclasses.replace(built, objective=assign(built.objective, chosen))
     optimizer = _build.build_optimizer(options["optimizer"], options["lr"], options["schedule"], options["steps"],
                                        options["clip"], options.get("warmup"))
     svi = SVI(built.objective, optimizer, samples=built.samples, per_point=built.svi_per_point)

@@ -59,7 +59,7 @@ def open_trained(program_path: str, path: str, data_path: str | None, raw: bool 
             print(f"warning: {program_path} differs from the program this run was trained with", file=sys.stderr)
         if data_path is not None:
             options["data"] = data_path
-        setup = prepare(program, options)
+        setup = prepare(program, options, strategy_choice=config.get("resolved", {}).get("strategy_choice"))
         template = setup.param_template(jax.random.key(0))
         params, meta = folder.load_tree(RunFolder.PARAMS, template, "parameters")
         meta = dict(meta, weights="params")

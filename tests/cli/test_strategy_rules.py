@@ -58,4 +58,26 @@ def test_fit_with_strategy_auto_chooses_at_init(gendsl_cli, tmp_path):
     result = gendsl_cli("fit", points, "--out", out, "--steps", 20, "--batch-size", 16, "--strategy", "b=auto",
                         "--quiet")
     assert result.code == 0, result.err
-    assert json.loads((out / "config.json").read_text())["resolved"]["strategies"] == ["b=Auto()"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved"]["strategies"] == ["b=Auto()"]
+    # The choice is recorded, shown, and kept: a resume applies it instead of measuring again, so the resumed
+    # run equals a run with the chosen strategy written in, bit for bit.
+    chosen = config["resolved"]["strategy_choice"]
+    assert list(chosen) == ["sim0/b"] and chosen["sim0/b"] in ("ENUM", "MVD", "REINFORCE")
+    assert f"strategy auto chose: sim0/b={chosen['sim0/b']}" in (out / "summary.txt").read_text()
+    import numpy as np
+
+    from gendsl.inference import _svi
+
+    def measuring(*args, **kwargs):
+        raise AssertionError("a resumed run measured the strategies again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_svi, "choose_strategies", measuring)
+        result = gendsl_cli("fit", points, "--out", out, "--steps", 30, "--resume", "--quiet")
+    assert result.code == 0, result.err
+    explicit = tmp_path / "explicit"
+    assert gendsl_cli("fit", points, "--out", explicit, "--steps", 30, "--batch-size", 16, "--strategy",
+                      f"b={chosen['sim0/b'].lower()}", "--quiet").code == 0
+    with np.load(out / "params.npz") as a, np.load(explicit / "params.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if k != "__meta__")
