@@ -472,7 +472,7 @@ class DDPM:
         def init(key, data, *cond, **kwargs):
             # The network's parameters from a one-step chain (``DDPM.init``): no constraints, and no
             # trace of the whole T-step chain, which SVI.init would otherwise make just to learn that.
-            xs, cond = _unpack(data, cond)
+            _, cond = _unpack(data, cond)
             return self.init(key, *(jnp.asarray(c)[0] for c in cond)), {}
 
         objective.__name__ = "ddpm_simple"
