@@ -1,7 +1,7 @@
 """The paper-model examples as `gendsl fit` programs (issue 14): each trains, evaluates, samples and resumes.
 
-Fast suite: every example but the four costliest to compile takes 20 training steps through `gendsl fit`
-(compilation dominates). Slow suite: those four too, and fit -> eval -> sample -> report on each, and a run
+Fast suite: every example but the five costliest to compile takes 20 training steps through `gendsl fit`
+(compilation dominates). Slow suite: those five too, and fit -> eval -> sample -> report on each, and a run
 stopped at step 10 and resumed equals the uninterrupted 20-step run bit for bit (checkpoint, parameters, EMA).
 """
 
@@ -63,8 +63,9 @@ def _fit(gendsl_cli, name, out, mnist, *extra):
 
 # Compilation of these takes 10-25 s each on two cores (AIR's recurrent guide and REINFORCE gradient, the
 # diffusion chains, PFGM++'s ODE likelihood): the fast suite has no room for them, so their 20-step fit runs in
-# the slow suite, with the rest of their pipeline. PFGM++ goes through the same Trainable path as flow_moons.
-COSTLY = {"air_multi_mnist.py", "diffusion_ddpm_cfg.py", "diffusion_diffusevae.py", "pfgmpp_moons.py"}
+# the slow suite, with the rest of their pipeline. PFGM++ and EDM go through the same Trainable path as flow_moons.
+COSTLY = {"air_multi_mnist.py", "diffusion_ddpm_cfg.py", "diffusion_diffusevae.py", "diffusion_edm.py",
+          "pfgmpp_moons.py"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in COSTLY else n for n in sorted(CASES)])

@@ -89,7 +89,12 @@ def test_trainable_fit_eval_sample_with_ema(trained, gendsl_cli):
     assert gendsl_cli("sample", prog, "--run", out, "--guidance-scale", "-1").code == 2
     assert gendsl_cli("eval", prog, "--run", out, "--exact", "--probes", "2").code == 2
 
+
+@pytest.mark.slow
+def test_eval_with_hutchinson_probes(trained, gendsl_cli):
     # Hutchinson's divergence with 3 probes: the same points, an unbiased estimate of the exact log-likelihood.
+    prog, out = trained
+    assert gendsl_cli("eval", prog, "--run", out, "--limit", "10").code == 0
     exact = json.loads((out / "eval.json").read_text())["metrics"]["nll"]
     r = gendsl_cli("eval", prog, "--run", out, "--limit", "10", "--probes", "3")
     assert r.code == 0, r.err

@@ -45,7 +45,10 @@ def _pair(schedule, form, T):
     return diffusion_elbo(model, vp_forward(alpha_bar, form=form), ts)
 
 
-@pytest.mark.parametrize("schedule", ["ddpm", pytest.param("vdm", marks=pytest.mark.slow)])
+# ~10 s of compilation (both forms' terms, predictions, objectives and gradients): slow, for the fast suite's
+# budget; the fast suite keeps the trace-count and error tests below.
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["ddpm", "vdm"])
 def test_scan_form_derives_the_unrolled_forms_chain_terms_and_objectives(schedule):
     scan, unrolled = _pair(schedule, "scan", 6), _pair(schedule, "unrolled", 6)
     xs = jax.random.normal(jax.random.key(0), (4, 2))
