@@ -1,14 +1,37 @@
-"""Models from the literature written as gendsl programs (installed as gendsl.models)."""
+"""Models from the literature written as gendsl programs (installed as gendsl.models).
 
-from gendsl.models._nets import TimeMLP
-from gendsl.models._protocol import Trainable, density_metrics, divergence_options, mean_and_error, mmd_with_error
-from gendsl.models.air import AIR, AIRConfig, make_air
-from gendsl.models.ddpm import DDPM, discretized_gaussian_log_prob, linear_alpha_bar, vp_forward, vp_reverse
-from gendsl.models.diffusevae import DiffuseVAE
-from gendsl.models.edm import EDM
-from gendsl.models.flow_matching import FlowMatching, coupling_path, energy_distance, mmd
-from gendsl.models.pfgmpp import PFGMPP, edm_sigmas
-from gendsl.models.vdm import VDM
+The names below are loaded on first use (PEP 562): ``from gendsl.models import Trainable`` reads
+the protocol without importing the diffusion models and diffrax, so that a command that only
+checks whether a program holds a ``Trainable`` stays cheap.
+"""
+
+import importlib
+
+_SOURCES = {
+    "TimeMLP": "_nets",
+    **dict.fromkeys(["Trainable", "density_metrics", "divergence_options", "mean_and_error", "mmd_with_error"],
+                    "_protocol"),
+    **dict.fromkeys(["AIR", "AIRConfig", "make_air"], "air"),
+    **dict.fromkeys(["DDPM", "discretized_gaussian_log_prob", "linear_alpha_bar", "vp_forward", "vp_reverse"], "ddpm"),
+    "DiffuseVAE": "diffusevae",
+    "EDM": "edm",
+    **dict.fromkeys(["FlowMatching", "coupling_path", "energy_distance", "mmd"], "flow_matching"),
+    **dict.fromkeys(["PFGMPP", "edm_sigmas"], "pfgmpp"),
+    "VDM": "vdm",
+}
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f"gendsl.models.{_SOURCES[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'gendsl.models' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     # the protocol every paper model implements, and its metrics

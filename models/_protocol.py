@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gendsl.inference import Expectation
-from gendsl.inference.diffusion import denoiser_velocity, ode_log_likelihood
 
 __all__ = ["Trainable", "density_metrics", "divergence_options", "mean_and_error", "mmd_with_error",
            "sigma_ode_log_likelihood"]
@@ -147,6 +146,8 @@ def sigma_ode_log_likelihood(denoise: Callable, params, x, sigma_min: float, sig
         >>> bool(jnp.allclose(lp, norm.logpdf(jnp.array([0.3, -1.2])), atol=1e-3))
         True
     """
+    from gendsl.inference.diffusion import denoiser_velocity, ode_log_likelihood  # diffrax: only when used
+
     return ode_log_likelihood(denoiser_velocity(denoise), jnp.asarray(x), sigma_min, sigma_max, prior_log_prob,
                               args=params, **options)
 
