@@ -41,6 +41,7 @@ from gendsl.inference._svi import (
     _non_finite_hint,
     _progress,
     _take,
+    _Validation,
 )
 from gendsl.internal import as_key
 
@@ -61,6 +62,9 @@ def fit_many(
     divergence: float | None = 1e6,
     ema: float | None = None,
     callback: Callable[[list[ChunkInfo]], bool | None] | None = None,
+    align: int | None = None,
+    validate: Callable[[Any], float] | Sequence[Callable[[Any], float]] | None = None,
+    validate_every: int | None = None,
     **kwargs,
 ) -> list[SVIRunResult]:
     """Run independent fits of ``svi`` together, vmapped in one compiled program; one result per fit.
@@ -83,8 +87,15 @@ def fit_many(
         mesh: split the fits over this mesh's devices (``data_mesh(n)``; the number of fits
             must be a multiple of its size). None: the default device.
         callback: called after every chunk with one ``ChunkInfo`` per fit (its state, global
-            step, and the objective of the steps it took in the chunk: none once it has
-            stopped); returning True stops all fits (each result's ``stopped``).
+            step, the objective of the steps it took in the chunk: none once it has stopped,
+            and its validation figure when one was computed); returning True stops all fits
+            (each result's ``stopped``).
+        align: also end chunks at global steps that are multiples of ``align`` (as in ``SVI.run``).
+        validate, validate_every: as in ``SVI.run``, for each running fit: ``validate(params)``
+            (its EMA parameters with ``ema``) at every multiple of ``validate_every`` and after
+            the last step; each result's ``validation`` and ``best_step`` record them. ``validate``
+            may be one function per fit (e.g. each with its own fixed key). No early stopping:
+            every fit runs to the end.
 
     Returns:
         One ``SVIRunResult`` per fit, in the order of ``keys``. A fit stopped by a non-finite
@@ -119,6 +130,12 @@ def fit_many(
         raise ValueError(f"fit_many: divergence must be a number > 1 or None, got {divergence!r}")
     if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
         raise ValueError(f"fit_many: ema must be a decay in [0, 1) or None, got {ema!r}")
+    if (validate is None) != (validate_every is None):
+        raise ValueError("fit_many: validate and validate_every go together: validate=fn(params) -> float, "
+                         "validate_every=k steps")
+    for name, value in (("validate_every", validate_every), ("align", align)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"fit_many: {name} must be a positive int, got {value!r}")
     keys = _keys(keys)
     fits = len(keys)
     split = [jax.random.split(k) for k in keys]
@@ -157,15 +174,23 @@ def fit_many(
         chunk = jax.jit(many, out_shardings=parallel.batched)
 
     limit = np.inf if divergence is None else float(divergence)
+    validates = list(validate) if isinstance(validate, Sequence) else [validate] * fits
+    if len(validates) != fits:
+        raise ValueError(f"fit_many: got {len(validates)} validate functions for {fits} fits; give one, or one per fit")
+    trackers = [_Validation(v, None, svi.get_ema_params if ema is not None else svi.get_params) for v in validates]
     values: list[list[float]] = [[] for _ in range(fits)]
     failures: list[tuple | None] = [None] * fits
     done, stopped, compiled_at = 0, False, None
     bar = _progress(num_steps, progress)
     try:
         while done < num_steps and not stopped:
-            n_valid = min(length, num_steps - done)
             at = np.asarray(stacked.step)
             alive = np.array([f is None for f in failures])
+            n_valid = min(length, num_steps - done)
+            first = int(at[alive].min())
+            for b in (align, validate_every):  # chunks end there (checkpoints, validations)
+                if b is not None:
+                    n_valid = min(n_valid, (first // b + 1) * b - first)
             scale = np.array([max(1.0, float(np.median(np.abs(v)))) if v else np.nan for v in values], np.float32)
             new, objective, finite, guarded = chunk(
                 stacked, (batch_keys, data, rest), np.where(alive, n_valid, 0).astype(np.int32), scale, limit
@@ -181,8 +206,14 @@ def fit_many(
                 if taken[i] < n_valid:
                     failures[i] = (int(at[i]) + taken[i] + 1, float(objective[i, taken[i]]), float(guarded[i]))
             stacked, done = new, done + n_valid
+            figures: list[float | None] = [None] * fits
+            if validate_every is not None:
+                for i in np.flatnonzero(alive & (taken == n_valid)):
+                    step = int(at[i]) + n_valid
+                    if step % validate_every == 0 or done == num_steps:
+                        figures[i] = trackers[i].record(_fit(stacked, i), step)
             if callback is not None:
-                infos = [ChunkInfo(_fit(stacked, i), int(at[i]) + int(taken[i]), objective[i, : taken[i]])
+                infos = [ChunkInfo(_fit(stacked, i), int(at[i]) + int(taken[i]), objective[i, : taken[i]], figures[i])
                          for i in range(fits)]
                 stopped = bool(callback(infos))
             bar.update(n_valid)
@@ -200,7 +231,7 @@ def fit_many(
     for i in range(fits):
         state = _fit(stacked, i)
         result = SVIRunResult(state, svi.get_params(state), np.asarray(values[i]), rate, stopped,
-                              svi.get_ema_params(state))
+                              svi.get_ema_params(state), trackers[i].best_step, list(trackers[i].history))
         if failures[i] is not None:
             result.error = _error(failures[i], divergence, limit, args, kwargs, result)
         results.append(result)

@@ -241,7 +241,7 @@ class SVI:
 
     # -- state ---------------------------------------------------------------------------
 
-    def init(self, key, *args, params: dict | None = None, **kwargs) -> SVIState:
+    def init(self, key, *args, params: dict | None = None, ema: bool = False, **kwargs) -> SVIState:
         """The initial state.
 
         Args:
@@ -250,6 +250,8 @@ class SVI:
             params: initial constrained parameters; by default ``init_params(objective, ...)``.
                 A dict of named parameters, or any pytree (an ``equinox.Module`` that is its
                 own parameters): then its inexact arrays are trained and the rest held static.
+            ema: start an EMA of the parameters at the initial ones, as ``run(..., ema=decay)``
+                does for a state without one (so that the state has the leaves of a saved one).
         """
         key = as_key(key)
         k_init, k_run = jax.random.split(key)
@@ -282,7 +284,7 @@ class SVI:
         _check_all_used(jaxpr.jaxpr, unconstrained)
         baselines = {a: jnp.zeros(s.shape, s.dtype) for a, s in shapes.items()}
         return SVIState(unconstrained, self.optimizer.init(unconstrained), baselines, k_run,
-                        jnp.zeros((), jnp.int32), bijections)
+                        jnp.zeros((), jnp.int32), bijections, unconstrained if ema else None)
 
     def get_params(self, state: SVIState):
         """The constrained parameters of ``state`` (what the objective sees)."""
@@ -373,7 +375,8 @@ class SVI:
             validate: ``validate(params) -> float``, higher is better (e.g. a held-out ELBO),
                 called on the host with the constrained parameters (the EMA parameters when
                 ``ema`` is set: the weights one would use) at every multiple of
-                ``validate_every``; the best state is kept (``result.best_step``).
+                ``validate_every`` and after the run's last step; the best state is kept
+                (``result.best_step``).
             validate_every: the validation interval in steps (chunks end there).
             patience: stop after this many validations in a row without improvement and
                 return the best state (``result.stopped``); None: never stop early. The
@@ -493,7 +496,7 @@ class SVI:
                 values.extend(objective.tolist())
                 state, done = new_state, done + n_valid
                 figure = None
-                if validate_every is not None and (at + n_valid) % validate_every == 0:
+                if validate_every is not None and ((at + n_valid) % validate_every == 0 or done == num_steps):
                     figure = tracker.record(state, at + n_valid)
                 if callback is not None:
                     stopped = bool(callback(ChunkInfo(state, at + n_valid, objective, figure)))

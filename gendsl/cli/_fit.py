@@ -234,9 +234,9 @@ def _worsened(start: float | None, value: float | None) -> bool:
 class _Progress:
     """The callback of ``SVI.run``: after each chunk, metrics rows, held-out ELBO, checkpoints, bar, signals."""
 
-    def __init__(self, setup: Setup, folder: RunFolder, metrics, rows, held_out, bar, signals, start: int,
-                 wall: float, meta: dict, quiet: bool) -> None:
-        self.setup, self.folder, self.metrics, self.rows = setup, folder, metrics, rows
+    def __init__(self, setup: Setup, folder: RunFolder, config: dict, metrics, rows, held_out, bar, signals,
+                 start: int, wall: float, meta: dict, quiet: bool) -> None:
+        self.setup, self.folder, self.config, self.metrics, self.rows = setup, folder, config, metrics, rows
         self.held_out, self.bar, self.signals, self.meta, self.quiet = held_out, bar, signals, meta, quiet
         self.step, self.saved_at, self.wall = start, start, wall
         self.t0 = time.perf_counter()
@@ -289,10 +289,8 @@ class _Progress:
         self.step = info.step
         self.last["objective"] = float(np.mean(info.objective)) / (batch or 1)
         at_checkpoint = info.step % o["checkpoint_every"] == 0 or info.step == steps
-        if info.validation is not None and new_rows:  # --validate-every: SVI.run evaluated it already
+        if info.validation is not None and new_rows:  # the held-out figure, evaluated by the runner
             new_rows[-1][self.column] = self.last["held_out"] = float(info.validation)
-        elif at_checkpoint and self.held_out is not None and new_rows:
-            new_rows[-1][self.column] = self.last["held_out"] = self.held_out(self.setup.params_of(info.state))
         self.metrics.append(new_rows)  # before the checkpoint: a resume drops rows past it
         self.rows.extend(new_rows)
         if at_checkpoint:
@@ -310,6 +308,45 @@ class _Progress:
         self.bar.update(len(info.objective))
         self.t0 = time.perf_counter()  # checkpoints and evaluation are not training time
         return self.signals.received is not None
+
+
+def validation(setup: Setup, held_out) -> dict:
+    """``SVI.run``'s (and ``fit_many``'s) validation options: the held-out figure at every checkpoint, or every
+    ``--validate-every`` steps with ``--patience``'s early stopping; none without a held-out split.
+
+    ``held_out``: the held-out estimate, one per fit for ``fit_many``, or None.
+    """
+    if held_out is None:
+        return {}
+    o = setup.options
+    out = {"validate": held_out, "validate_every": o.get("validate_every") or o["checkpoint_every"]}
+    if o.get("patience") is not None:
+        out["patience"] = o["patience"]
+    return out
+
+
+def begin_run(args, setup: Setup, folder: RunFolder, saved: dict | None, state, start_step: int, wall_before: float,
+              k_eval, bar, signals, quiet: bool) -> _Progress:
+    """Write the run's config.json, open its metrics, and at step 0 record the held-out figure and checkpoint.
+
+    Returns the ``_Progress`` callback that carries the run from there (``.config``, ``.held_out``).
+    """
+    config = run_config(args, setup, saved, start_step)
+    folder.write_json(RunFolder.CONFIG, config)
+    metrics = _outputs.Metrics(folder)
+    rows = metrics.start(start_step if saved is not None else None)
+    held_out = _held_out(setup, k_eval)
+    meta = {"kind": "checkpoint", "program_sha256": setup.program.sha256, "run_id": config["run_id"]}
+    progress = _Progress(setup, folder, config, metrics, rows, held_out, bar, signals, start_step, wall_before,
+                         meta, quiet)
+    if start_step == 0:
+        if held_out is not None:
+            row = {"step": 0, "wall_s": 0.0}
+            row[progress.column] = progress.last["held_out"] = held_out(setup.params_of(state))
+            rows.append(row)
+            metrics.append([row])
+        progress.checkpoint(state, 0)
+    return progress
 
 
 def _strategy_choice(setup: Setup, saved: dict | None) -> dict | None:
@@ -378,39 +415,24 @@ def _train(args, setup: Setup, folder: RunFolder, saved, keys, quiet: bool) -> i
     if saved is None and options.get("ema") is None and folder.has(RunFolder.EMA_PARAMS):
         os.remove(folder.file(RunFolder.EMA_PARAMS))  # left by the run --overwrite replaced
     steps = options["steps"]
-    config = run_config(args, setup, saved, start_step)
-    folder.write_json(RunFolder.CONFIG, config)
-    metrics = _outputs.Metrics(folder)
-    rows = metrics.start(start_step if saved is not None else None)
-    held_out = _held_out(setup, k_eval)
-    meta = {"kind": "checkpoint", "program_sha256": program.sha256, "run_id": config["run_id"]}
     bar = _bar(steps, start_step, quiet)
     with _Signals() as signals:
-        progress = _Progress(setup, folder, metrics, rows, held_out, bar, signals, start_step, wall_before, meta,
-                             quiet)
+        progress = begin_run(args, setup, folder, saved, state, start_step, wall_before, k_eval, bar, signals, quiet)
+        config, held_out, rows = progress.config, progress.held_out, progress.rows
         _say(quiet, _banner(setup, start_step))
         if getattr(setup.svi, "strategy_choice", None) is not None:
             _say(quiet, "  strategy auto: measured gradient variance x time of the admissible strategies:\n"
                  + "\n".join("    " + line for line in setup.svi.strategy_choice.table().splitlines()))
-        if start_step == 0:
-            row = {"step": 0, "wall_s": 0.0}
-            if held_out is not None:
-                row[progress.column] = progress.last["held_out"] = held_out(setup.params_of(state))
-                rows.append(row)
-                metrics.append([row])
-            progress.checkpoint(state, 0)
         try:
             if start_step < steps:
                 progress.t0 = time.perf_counter()
-                validate = ({"validate": held_out, "validate_every": options["validate_every"],
-                             "patience": options["patience"]} if options.get("validate_every") else {})
                 result = svi.run(k_train, steps - start_step, setup.data.train, batch_size=options["batch_size"],
                                  chunk_size=options["chunk_size"], progress=False, state=state, callback=progress,
                                  align=options["checkpoint_every"], ema=options.get("ema"), mesh=setup.mesh,
-                                 **validate)
+                                 **validation(setup, held_out))
                 state = result.state
-                if (result.stopped and result.best_step is not None and signals.received is None
-                        and progress.diverged_at is None):
+                if (options.get("patience") is not None and result.stopped and result.best_step is not None
+                        and signals.received is None and progress.diverged_at is None):
                     # --patience ran out: SVI.run returned the best state; it becomes the last checkpoint.
                     early = {"stopped_at": progress.step, "best_step": result.best_step,
                              "best_validation": max(v for _, v in result.validation)}

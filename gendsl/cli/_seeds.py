@@ -80,25 +80,14 @@ def fit_seeds(args, program, options: dict) -> int:
 def _train_all(args, setups, folders, keys, mesh, quiet: bool, fit_many) -> int:
     o = setups[0].options
     seeds = [s.options["seed"] for s in setups]
-    configs, trackers = [], []
     signals = _fit._Signals()
+    trackers = []
     for setup, folder, (_, k_eval, _) in zip(setups, folders, keys, strict=True):
-        config = _fit.run_config(args, setup, None, 0)
-        config["resolved"]["seeds_run"] = {"seeds": seeds, "parent": os.path.abspath(os.path.dirname(o["out"]))}
-        folder.write_json(RunFolder.CONFIG, config)
-        metrics = _outputs.Metrics(folder)
-        rows = metrics.start(None)
-        held_out = _fit._held_out(setup, k_eval)
-        meta = {"kind": "checkpoint", "program_sha256": setup.program.sha256, "run_id": config["run_id"]}
-        tracker = _fit._Progress(setup, folder, metrics, rows, held_out, _Silent(), signals, 0, 0.0, meta, True)
-        row = {"step": 0, "wall_s": 0.0}
-        if held_out is not None:
-            row[tracker.column] = tracker.last["held_out"] = held_out(setup.params_of(setup.state))
-            rows.append(row)
-            metrics.append([row])
-        tracker.checkpoint(setup.state, 0)
-        configs.append(config)
+        tracker = _fit.begin_run(args, setup, folder, None, setup.state, 0, 0.0, k_eval, _Silent(), signals, True)
+        tracker.config["resolved"]["seeds_run"] = {"seeds": seeds, "parent": os.path.abspath(os.path.dirname(o["out"]))}
+        folder.write_json(RunFolder.CONFIG, tracker.config)
         trackers.append(tracker)
+    configs = [t.config for t in trackers]
     banner = (_fit._banner(setups[0], 0).replace(f"seed {seeds[0]}", f"seeds {_span(seeds)}")
               .replace(f"-> {setups[0].options['out']}", f"-> {os.path.dirname(setups[0].options['out'])}/seed*"))
     where = f", split over {mesh.size} devices" if mesh else ""
@@ -113,12 +102,16 @@ def _train_all(args, setups, folders, keys, mesh, quiet: bool, fit_many) -> int:
         bar.update(max(len(i.objective) for i in infos))
         return signals.received is not None
 
+    # Each fit's held-out figure with its own key, as its single-seed run computes it.
+    held_outs = [t.held_out for t in trackers] if trackers[0].held_out is not None else None
     for tracker in trackers:
         tracker.t0 = time.perf_counter()
     with signals:
         results = fit_many(setups[0].svi, [k[0] for k in keys], o["steps"], setups[0].data.train,
-                           batch_size=o["batch_size"], chunk_size=_chunk(o), progress=False,
-                           states=[s.state for s in setups], mesh=mesh, ema=o.get("ema"), callback=callback)
+                           batch_size=o["batch_size"], chunk_size=o["chunk_size"], progress=False,
+                           align=o["checkpoint_every"],
+                           states=[s.state for s in setups], mesh=mesh, ema=o.get("ema"), callback=callback,
+                           **_fit.validation(setups[0], held_outs))
     bar.close()
     wall = time.perf_counter() - t0
     failed = []
@@ -153,11 +146,6 @@ def _train_all(args, setups, folders, keys, mesh, quiet: bool, fit_many) -> int:
               "their folders keep the last finite checkpoint", file=sys.stderr)
         return 1
     return 0
-
-
-def _chunk(o: dict) -> int:
-    # fit_many has no `align`: chunks that divide the checkpoint interval end where a checkpoint is due.
-    return int(np.gcd(o["chunk_size"], o["checkpoint_every"]))
 
 
 def _span(seeds: list[int]) -> str:

@@ -86,11 +86,9 @@ class Setup:
         ``SVI.run`` starts it), so a checkpoint template has the same leaves as a saved state.
         """
         params = self._initial(key)
-        state = self.program.call("while initializing the parameters", self.svi.init, key, self.first,
-                                  **({"params": params} if params is not None else {}))
-        if self.options.get("ema") is not None and state.ema is None:
-            state = dataclasses.replace(state, ema=state.params)
-        return state
+        return self.program.call("while initializing the parameters", self.svi.init, key, self.first,
+                                 ema=self.options.get("ema") is not None,
+                                 **({"params": params} if params is not None else {}))
 
     def params_of(self, state):
         """The parameters evaluation uses: the EMA weights with ``--ema``, else the trained ones."""

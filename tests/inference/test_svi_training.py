@@ -92,6 +92,31 @@ def test_validation_without_patience_tracks_the_best_step_and_runs_to_the_end():
     result = _linear().run(jax.random.key(0), 50, progress=False, validate=lambda p: -abs(float(p["w"]) - 12.0),
                            validate_every=4)
     assert not result.stopped and result.best_step == 12 and int(result.state.step) == 50
+    # Every multiple of 4, and the last step (50, not a multiple).
+    assert [s for s, _ in result.validation] == [*range(4, 50, 4), 50]
+    assert result.validation[-1][1] == -38.0
+
+
+def test_fit_many_validates_each_fit_like_run():
+    from gendsl.inference import fit_many
+
+    seen = []
+    svi = _linear()
+    results = fit_many(svi, [0, 1], 50, progress=False, chunk_size=64, validate=lambda p: -abs(float(p["w"]) - 12.0),
+                       validate_every=4, callback=lambda infos: seen.append([i.validation for i in infos]))
+    single = _linear().run(jax.random.key(0), 50, progress=False, validate=lambda p: -abs(float(p["w"]) - 12.0),
+                           validate_every=4)
+    for r in results:
+        assert r.validation == single.validation and r.best_step == 12 and int(r.state.step) == 50
+    assert [v[0] for v in seen] == [v for _, v in single.validation]
+
+
+def test_init_can_start_the_ema():
+    svi = SVI(elbo(model, guide), optax.adam(0.05))
+    state = svi.init(jax.random.key(0), X, ema=True)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), state.ema,
+                                                         state.params))
+    assert svi.init(jax.random.key(0), X).ema is None
 
 
 def test_validation_sees_the_ema_parameters():
