@@ -49,6 +49,8 @@ import sys
 import tempfile
 import time
 
+from _machine import cpu_name
+
 VARIANTS = ("before", "unrolled", "scan")
 PHASES = ("import", "build", "recognize", "init", "first_step", "total", "process")
 D, HIDDEN, DEPTH, BATCH = 64, 256, 3, 128
@@ -110,17 +112,6 @@ def run_one(variant: str, T: int, root: str) -> dict:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["process"] = wall
     return res
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

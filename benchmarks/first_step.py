@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from _machine import cpu_name
+
 SYSTEMS = ("gendsl", "numpyro", "hand")
 LABELS = {
     "gendsl": "gendsl `SVI(elbo)`",
@@ -160,17 +162,6 @@ def one(system: str) -> dict:
 
     t3 = time.perf_counter()
     return {"import": t1 - t0, "init": t2 - t1, "first_step": t3 - t2, "total": t3 - t0, "loss": loss}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_one(system: str) -> dict:

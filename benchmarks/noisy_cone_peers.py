@@ -47,6 +47,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as ndist
 import optax
+from _machine import cpu_name
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
@@ -258,17 +259,6 @@ def agreement(systems, n, seed):
             + f"; brute-force plain JAX {m_ref:.3f} ± {se_ref:.3f} (all within 4 s.e.)"
         )
     return notes
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

@@ -32,23 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 # batch -> timed calls (fewer for big batches; the checks and compilation dominate anyway)
 VAE_CALLS = {64: 200, 128: 150, 256: 100, 512: 60, 1024: 40}
 VAE_KEYS = 20  # keys of vae_step's Monte Carlo agreement check (modest: it is a sanity check here)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(cmd: list[str]) -> tuple[str, float, str]:

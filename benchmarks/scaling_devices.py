@@ -42,6 +42,8 @@ import platform
 import sys
 import time
 
+from _machine import cpu_name
+
 
 def _forced(devices: int) -> bool:
     return f"--xla_force_host_platform_device_count={devices}" in os.environ.get("XLA_FLAGS", "")
@@ -214,17 +216,6 @@ def chunk_calls(batch: int, sizes: list[int], length: int) -> dict:
 
 def _chunk_stepper(chunk, state, inputs, length):
     return _stepper(lambda s: chunk(s, inputs, length, 1.0, 1e6)[:2], state)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
