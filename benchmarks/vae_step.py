@@ -44,6 +44,12 @@ min-max per call, the ratio of medians to the hand-written step, and the median
 of the per-round ratios (each round runs every implementation once, so this
 ratio is less sensitive to load changes on a shared machine).
 
+``--before`` adds gendsl's step as it was before the particle fold of issue 16
+(``gendsl.inference._layout``): ``repeat``'s particles traced as a plain ``jax.vmap``, the
+layout whose matmuls XLA:CPU transposes. ``--objectives`` also times the other
+multi-particle objectives (DReG, Rényi, RWS, VIMCO) folded vs before, at the same noise
+(values and gradients compared).
+
 Run ``python benchmarks/vae_step.py --help`` for options.
 """
 
@@ -60,6 +66,7 @@ import re
 import time
 import zlib
 from pathlib import Path
+from unittest import mock
 
 import equinox as eqx
 import jax
@@ -72,7 +79,7 @@ from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
 
 import gendsl
 import gendsl.distributions as dist
-from gendsl.inference import elbo, init_params, iwelbo
+from gendsl.inference import _language, elbo, init_params, iwelbo, renyi, rws, vimco
 
 Z_DIM, HIDDEN, X_DIM = 10, 200, 784
 LOG_2PI = math.log(2 * math.pi)
@@ -193,6 +200,20 @@ def make_hand(statics):
         "joint_vmap": lambda params, x, eps: joint(particles(params, x, eps)),
         "point_fold": lambda params, x, eps: point(log_weights(params, x, eps)),
     }
+
+
+def unfolded(fn):
+    """``fn`` traced with ``repeat``'s particles as a plain ``jax.vmap``: gendsl before the particle fold.
+
+    The fold is switched off only while ``fn`` is traced (under ``jax.jit``, at every trace),
+    so the compiled step is the one ``repeat`` compiled to before ``gendsl.inference._layout``.
+    """
+
+    def traced(*args):
+        with mock.patch.object(_language, "fold_particle_products", lambda particles: particles):
+            return fn(*args)
+
+    return traced
 
 
 def hand_value_and_grad(f_eps, particles):
@@ -330,8 +351,32 @@ LABELS = {
     "hand": "hand-written JAX",
     "hand_vmap": "hand-written JAX, `jax.vmap` over particles",
     "hand_point": "hand-written JAX, per-datapoint bound (NumPyro's)",
+    "gendsl_before": "gendsl `value_and_grad`, before the particle fold (`jax.vmap` layout)",
     "numpyro": "NumPyro",
 }
+
+
+def objectives_rows(objectives, step_args, args, notes):
+    """Table rows of each objective's step folded vs before the fold, interleaved; the same-noise check in ``notes``."""
+    rows = []
+    for label, obj in objectives.items():
+        after = jax.jit(lambda k, p_, x_, obj=obj: obj.value_and_grad(k, p_, x_))
+        before = jax.jit(unfolded(lambda k, p_, x_, obj=obj: obj.value_and_grad(k, p_, x_)))
+        (v_a, g_a), (v_b, g_b) = after(*step_args), before(*step_args)
+        np.testing.assert_allclose(float(v_a), float(v_b), rtol=1e-5)
+        diff = max_rel_diff(g_a, g_b)
+        assert diff < 1e-4, (label, diff)
+        notes.append(
+            f"{label}, same noise: folded {float(v_a):.3f} = before {float(v_b):.3f} (gradients: max relative "
+            f"difference {diff:.1e})"
+        )
+        t_a, t_b = (np.asarray(t) * 1e3 for t in interleaved(args.calls, args.warmup, [after, before], step_args))
+        for what, t in (("gendsl `value_and_grad`", t_a), (LABELS["gendsl_before"], t_b)):
+            rows.append(
+                f"| {label} | {what} | {num(np.median(t))} | {num(t.min())}-{num(t.max())} | "
+                f"{np.median(t) / np.median(t_a):.3f} (to folded) | {np.median(t / t_a):.3f} (to folded) |"
+            )
+    return rows
 
 
 def main(argv=None):
@@ -344,6 +389,10 @@ def main(argv=None):
     p.add_argument("--keys", type=int, default=400, help="keys for the Monte Carlo agreement check")
     p.add_argument("--data", default=None, help="folder with t10k-images-idx3-ubyte.gz (default: random)")
     p.add_argument("--hlo", action="store_true", help="also count the big ops of each compiled step")
+    p.add_argument("--before", action="store_true", help="also time gendsl's IWELBO step before the particle fold")
+    p.add_argument(
+        "--objectives", action="store_true", help="also time DReG, Renyi, RWS and VIMCO, folded vs before the fold"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not 64 <= args.batch <= 1024:
@@ -400,6 +449,10 @@ def main(argv=None):
             "numpyro": numpyro_step("iwelbo"),
         },
     }
+    if args.before:
+        steps["iwelbo"]["gendsl_before"] = jax.jit(
+            unfolded(lambda k, p_, x_: g_obj["iwelbo"].value_and_grad(k, p_, x_))
+        )
 
     # 1. identical parameters, data and noise: the same values (and gradients)
     notes = []
@@ -419,6 +472,14 @@ def main(argv=None):
         notes.append(
             f"{label}, same noise: gendsl {float(v_g):.3f} = hand-written {float(v_h):.3f} (gradients: max "
             f"relative difference {grad_diff:.1e}); NumPyro {float(v_n):.3f} = hand-written{extra} {float(v_hn):.3f}"
+        )
+
+    if args.before:
+        v_b, gr_b = steps["iwelbo"]["gendsl_before"](k_noise, params, x)
+        v_a, gr_a = steps["iwelbo"]["gendsl"](k_noise, params, x)
+        notes.append(
+            f"IWELBO({n_part}), same noise: gendsl folded {float(v_a):.3f} = before the fold {float(v_b):.3f} "
+            f"(gradients: max relative difference {max_rel_diff(gr_a, gr_b):.1e})"
         )
 
     # 2. independent noise: means over many keys agree within Monte Carlo error
@@ -462,6 +523,15 @@ def main(argv=None):
                 f"| {label} | {what} | {num(np.median(t))} | {num(t.min())}-{num(t.max())} | "
                 f"{np.median(t) / np.median(ref):.3f} | {np.median(t / ref):.3f} |"
             )
+
+    if args.objectives:
+        multi = {
+            f"IWELBO({n_part}), DReG": iwelbo(g_model, g_guide, n_part, estimator="dreg"),
+            f"Rényi(α=0.5, K={n_part})": renyi(g_model, g_guide, 0.5, n_part),
+            f"RWS(K={n_part})": rws(g_model, g_guide, n_part),
+            f"VIMCO(K={n_part})": vimco(g_model, g_guide, n_part),
+        }
+        rows += objectives_rows(multi, (k_noise, params, x), args, notes)
 
     dev = jax.devices()[0]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

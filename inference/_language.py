@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 import gendsl
 from gendsl.inference._execution import Branches, Execution, Override, active, current, innermost
+from gendsl.inference._layout import fold_particle_products
 from gendsl.inference._sites import SiteHandler
 from gendsl.internal import Recorder, address_hash, assess_trace, join, seed, shared_subsamples, site_key
 
@@ -156,7 +157,12 @@ def repeat(n: int, fn: Callable, *, name: str | None = None) -> Callable:
             static["branches"] = [(b.address, len(b.path)) for b in child.branches]
             return out, child.scores, [(b.index, b.value, b.carrier, b.path) for b in child.branches]
 
-        out, scores, found = jax.vmap(one, in_axes=(0, None))(jnp.arange(n), mine)
+        # Traced through a jaxpr so that the networks the particles share compile as one matmul over
+        # particles x data points (see _layout).
+        particles = fold_particle_products(
+            lambda: jax.vmap(one, in_axes=(0, None))(jnp.arange(n), mine), fold=not parent.track
+        )
+        out, scores, found = particles()
         for address_, lq in scores.items():
             # Keep one score per particle, so that a per-particle baseline (VIMCO) can pair with it.
             parent.scores[address_] = lq
