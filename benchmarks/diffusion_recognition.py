@@ -46,15 +46,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from _machine import cpu_name
+from _common import REPO, checkout, cpu_name
 
 VARIANTS = ("before", "unrolled", "scan")
 PHASES = ("import", "build", "recognize", "init", "first_step", "total", "process")
 D, HIDDEN, DEPTH, BATCH = 64, 256, 3, 128
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The commit before the scan form (diffusion_elbo then traced the unrolled programs).
 BEFORE = "1100c02"
 
@@ -88,17 +86,6 @@ def one(variant: str, T: int, root: str) -> dict:
     t5 = time.perf_counter()
     return {"import": t1 - t0, "build": t2 - t1, "recognize": t3 - t2, "init": t4 - t3, "first_step": t5 - t4,
             "total": t5 - t1, "loss": -float(info.objective), "A_T": float(jnp.asarray(chain.A)[-1])}
-
-
-def checkout(rev: str) -> str:
-    """A ``git archive`` of ``rev`` in a temporary folder, with ``gendsl/inference`` and ``gendsl/models`` linked
-    to its ``inference/`` and ``models/`` (the package-dir mapping of the editable install)."""
-    root = tempfile.mkdtemp(prefix="gendsl-before-")
-    archive = subprocess.run(["git", "-C", REPO, "archive", rev], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
-    for sub in ("inference", "models"):
-        os.symlink(os.path.join(root, sub), os.path.join(root, "gendsl", sub))
-    return root
 
 
 def run_one(variant: str, T: int, root: str) -> dict:

@@ -21,7 +21,11 @@ measures, with ``time.perf_counter``:
   subprocess (interpreter start-up and exit included).
 
 The driver runs the systems interleaved (A B C, A B C, ...) ``--reps`` times and prints a
-markdown table of medians, min-max and ratios to NumPyro's medians.
+markdown table of medians, min-max and ratios to NumPyro's medians. ``--before REV`` adds a
+fourth system, gendsl at commit ``REV`` (imported from a ``git archive`` of it), interleaved with
+the others: a before/after comparison in one sitting.
+
+    python benchmarks/first_step.py --reps 5 [--before REV]
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ import subprocess
 import sys
 import time
 
-from _machine import cpu_name
+from _common import checkout, cpu_name
 
 SYSTEMS = ("gendsl", "numpyro", "hand")
 LABELS = {
     "gendsl": "gendsl `SVI(elbo)`",
+    "before": "gendsl `SVI(elbo)` at --before",
     "numpyro": "NumPyro `SVI(Trace_ELBO)`",
     "hand": "hand-written JAX + equinox + optax",
 }
@@ -48,8 +53,13 @@ PHASES = ("import", "init", "first_step", "total", "process")
 BATCH, Z_DIM, HIDDEN, X_DIM = 128, 10, 200, 784
 
 
-def one(system: str) -> dict:
-    """Measure one system in this (fresh) process; returns seconds per phase."""
+def one(system: str, root: str | None = None) -> dict:
+    """Measure one system in this (fresh) process; returns seconds per phase.
+
+    ``root``: a checkout whose gendsl is imported instead of the installed one ("before").
+    """
+    if root is not None:
+        sys.path.insert(0, root)
     t0 = time.perf_counter()
     import equinox as eqx
     import jax
@@ -61,6 +71,9 @@ def one(system: str) -> dict:
         import gendsl
         import gendsl.distributions as dist
         from gendsl.inference import SVI, elbo
+
+        if root is not None and not os.path.realpath(gendsl.__file__).startswith(os.path.realpath(root)):
+            raise RuntimeError(f"imported {gendsl.__file__}, expected the tree at {root}")
     elif system == "numpyro":
         import numpyro
         import numpyro.distributions as dist
@@ -164,11 +177,12 @@ def one(system: str) -> dict:
     return {"import": t1 - t0, "init": t2 - t1, "first_step": t3 - t2, "total": t3 - t0, "loss": loss}
 
 
-def run_one(system: str) -> dict:
+def run_one(system: str, root: str | None = None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", "gendsl" if system == "before" else system]
+    if system == "before":
+        cmd += ["--root", root]
     t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--one", system], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{out.stderr}")
@@ -181,16 +195,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3, help="fresh processes per system (interleaved)")
     p.add_argument("--one", choices=SYSTEMS, help="internal: measure one system in this process, print JSON")
+    p.add_argument("--root", help="internal: with --one gendsl, import gendsl from this checkout")
+    p.add_argument("--before", metavar="REV", help="also measure gendsl at this commit, interleaved")
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one)))
+        print(json.dumps(one(args.one, args.root)))
         return
     started = datetime.datetime.now()
-    results = {s: [] for s in SYSTEMS}
+    systems = SYSTEMS + (("before",) if args.before else ())
+    root = checkout(args.before) if args.before else None
+    if args.before:
+        LABELS["before"] = f"gendsl `SVI(elbo)` at {args.before}"
+    results = {s: [] for s in systems}
     for _ in range(args.reps):
-        for s in SYSTEMS:
-            results[s].append(run_one(s))
-    med = {s: {ph: statistics.median(r[ph] for r in results[s]) for ph in PHASES} for s in SYSTEMS}
+        for s in systems:
+            results[s].append(run_one(s, root))
+    med = {s: {ph: statistics.median(r[ph] for r in results[s]) for ph in PHASES} for s in systems}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import jax  # only for the versions line, after all measurements
 
@@ -203,7 +223,7 @@ def main(argv=None):
     print("Seconds: median (min-max); ratio = median / NumPyro's median.\n")
     print("| system | " + " | ".join(PHASES) + " | total / NumPyro |")
     print("|---" * (len(PHASES) + 2) + "|")
-    for s in SYSTEMS:
+    for s in systems:
         cells = []
         for ph in PHASES:
             v = [r[ph] for r in results[s]]
@@ -213,7 +233,13 @@ def main(argv=None):
     print("|---|---|---|")
     for ph in PHASES:
         print(f"| {ph} | {med['gendsl'][ph] / med['numpyro'][ph]:.2f} | {med['hand'][ph] / med['numpyro'][ph]:.2f} |")
-    print("\nFirst-step losses (sanity): " + ", ".join(f"{s} {results[s][0]['loss']:.1f}" for s in SYSTEMS))
+    before_column = " gendsl at --before - hand-written (s) |" if args.before else ""
+    print("\n| phase | gendsl - hand-written (s) |" + before_column)
+    print("|---|---|" + ("---|" if args.before else ""))
+    for ph in PHASES:
+        extra = f" {med['before'][ph] - med['hand'][ph]:+.2f} |" if args.before else ""
+        print(f"| {ph} | {med['gendsl'][ph] - med['hand'][ph]:+.2f} |" + extra)
+    print("\nFirst-step losses (sanity): " + ", ".join(f"{s} {results[s][0]['loss']:.1f}" for s in systems))
     print("JSON: " + json.dumps({"median": med}))
 
 

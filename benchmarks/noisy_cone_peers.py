@@ -47,7 +47,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as ndist
 import optax
-from _machine import cpu_name
+from _common import cpu_name
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 from numpyro.infer import SVI, RenyiELBO, Trace_ELBO

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_name
+from _common import cpu_name
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -42,7 +42,7 @@ import platform
 import sys
 import time
 
-from _machine import cpu_name
+from _common import cpu_name
 
 
 def _forced(devices: int) -> bool:

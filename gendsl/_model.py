@@ -31,7 +31,7 @@ from gendsl._errors import AddressError, MissingChoiceError
 from gendsl._handlers import seed, shared_subsamples
 from gendsl._trace import Recorder, Trace
 
-__all__ = ["Model", "VmapModel", "assess_trace", "model"]
+__all__ = ["Model", "VmapModel", "assess_trace", "init_models", "model"]
 
 
 class RequireValues(Messenger):
@@ -202,11 +202,8 @@ class Model:
         if self._init_jit is None:
 
             def run(key, args, kwargs):
-                rec = Recorder()
-                with rec, seed(key=key), _ImproperAtZero():
-                    self.fn(*args, **kwargs)
-                self._init_constraints = rec.param_constraints  # static: set while tracing
-                return rec.params
+                params, self._init_constraints = _record_params(self, key, args, kwargs)
+                return params
 
             self._init_jit = eqx.filter_jit(run)
         params = self._init_jit(as_key(key), args, kwargs)
@@ -252,6 +249,54 @@ class Model:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"repeat: n must be a positive int, got {n!r}")
         return VmapModel(self, None, n, None)
+
+
+def _record_params(model: Model, key, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``model`` once for its parameters: ``(params, constraints)``; the constraints are static."""
+    rec = Recorder()
+    with rec, seed(key=key), _ImproperAtZero():
+        model.fn(*args, **kwargs)
+    return rec.params, rec.param_constraints
+
+
+@functools.lru_cache(maxsize=64)
+def _joint_init(models: tuple[Model, ...]) -> tuple[Callable, list]:
+    constraints: list = [{} for _ in models]
+
+    def run(key, args, kwargs):
+        params = []
+        for i, m in enumerate(models):
+            p, constraints[i] = _record_params(m, jax.random.fold_in(key, i), args, kwargs)  # static: set while tracing
+            params.append(p)
+        return params
+
+    return eqx.filter_jit(run), constraints
+
+
+def init_models(models, key, *args, **kwargs) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``init_with_constraints`` of several models on the same arguments, compiled as one program.
+
+    Model ``i`` initializes with ``fold_in(key, i)``, so each gets the parameters that its own
+    ``init_with_constraints(fold_in(key, i), ...)`` would. One program instead of one per
+    model: the compile of a network initializer dominates the time to a first step, and
+    XLA compiles one program of two initializers faster than two programs.
+
+    Example:
+        >>> import jax, gendsl, gendsl.distributions as dist
+        >>> from gendsl.internal import init_models
+        >>> @gendsl.model
+        ... def p():
+        ...     gendsl.sample("z", dist.Normal(gendsl.param("a", 1.0), 1.0))
+        >>> @gendsl.model
+        ... def q():
+        ...     gendsl.sample("z", dist.Normal(0.0, gendsl.param("b", 2.0, constraint=dist.constraints.positive)))
+        >>> [(sorted(p), sorted(c)) for p, c in init_models((p, q), jax.random.key(0))]
+        [(['a'], ['a']), (['b'], ['b'])]
+    """
+    models = tuple(models)
+    run, constraints = _joint_init(models)
+    params = run(as_key(key), args, kwargs)
+    return [(p, dict(c)) for p, c in zip(params, constraints, strict=True)]
 
 
 class VmapModel:

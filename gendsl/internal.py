@@ -7,7 +7,8 @@ listed below, and nothing outside ``gendsl/`` imports a private ``gendsl._*`` mo
 
 * Executions: ``Recorder`` (the handler that records a ``Trace``), ``RequireValues`` (fails on
   a latent site without a value, as ``assess`` does), ``missing_choice``, ``assess_trace`` (the
-  trace ``Model.assess`` scores), ``shared_subsamples`` (every subsampled plate of one name draws
+  trace ``Model.assess`` scores), ``init_models`` (several models' parameters from one compiled
+  program), ``shared_subsamples`` (every subsampled plate of one name draws
   the same indices: how a guide's and a model's plates agree inside an objective).
 * Addresses and keys: ``join`` (the address of a site in a scope), ``address_hash``,
   ``site_key`` (the key of an address), ``as_key`` (a key or an int seed as a key).
@@ -40,7 +41,7 @@ from gendsl._messages import (
     STOP_GRADIENT,
     LoopSiteHandler,
 )
-from gendsl._model import RequireValues, assess_trace, missing_choice
+from gendsl._model import RequireValues, assess_trace, init_models, missing_choice
 from gendsl._trace import Recorder, site_log_prob_p
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "address_hash",
     "as_key",
     "assess_trace",
+    "init_models",
     "join",
     "missing_choice",
     "seed",

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import biject_to
 
+from gendsl import Model
 from gendsl.inference._expectation import Expectation
-from gendsl.internal import as_key
+from gendsl.internal import as_key, init_models
 
 __all__ = ["init_params", "transforms"]
 
@@ -55,8 +56,12 @@ def init_params(objective: Expectation, key, *args, **kwargs) -> tuple[dict, dic
             "expectation(f, models=(model, guide)) or expectation(f, init=...), or pass initial params explicitly"
         )
     params, constraints = {}, {}
-    for i, m in enumerate(objective.models):
-        p, c = m.init_with_constraints(jax.random.fold_in(as_key(key), i), *args, **kwargs)
+    if all(isinstance(m, Model) for m in objective.models):
+        inits = init_models(objective.models, key, *args, **kwargs)
+    else:
+        inits = [m.init_with_constraints(jax.random.fold_in(as_key(key), i), *args, **kwargs)
+                 for i, m in enumerate(objective.models)]
+    for p, c in inits:
         clash = sorted(set(p) & set(params))
         if clash:
             raise ValueError(

@@ -81,6 +81,28 @@ def test_non_finite_objective_stops_and_keeps_last_finite_state():
     assert np.isfinite(float(result.params["loc"])) and float(result.params["loc"]) > 0.0
 
 
+def test_a_step_with_one_non_finite_gradient_element_leaves_the_state_unchanged():
+    # The objective is finite (sqrt(0) = 0) but its gradient in "s" is infinite; the
+    # guide's "m" has a finite gradient: the step must keep every leaf, "m" and Adam's moments too.
+    @gendsl.model
+    def model():
+        gendsl.sample("z", dist.Normal(0.0, 1.0))
+        gendsl.factor("f", jnp.sqrt(gendsl.param("s", jnp.zeros(3))).sum())
+
+    @gendsl.model
+    def guide():
+        gendsl.sample("z", dist.Normal(gendsl.param("m", 0.5), 1.0))
+
+    svi = SVI(elbo(model, guide), optax.adam(0.1))
+    state = svi.init(jax.random.key(0))
+    new, info = jax.jit(svi.step)(state)
+    assert np.isfinite(float(info.objective)) and not bool(info.finite)
+    for before, after in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new), strict=True):
+        if jnp.issubdtype(before.dtype, jax.dtypes.prng_key):
+            continue  # the key advances, so that the next step draws fresh noise
+        np.testing.assert_array_equal(before, after)
+
+
 def _posterior_normal():
     prec = 1 / 4 + len(X)
     return float(jnp.sum(X)) / prec, prec**-0.5
