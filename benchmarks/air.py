@@ -57,8 +57,13 @@ PYRO_KIND = {"REINFORCE+baseline": "reinforce", "ENUM": "enum"}
 
 def objective(air, name: str):
     baseline = Reinforce(baseline=air.baseline)
-    strategy = {"REINFORCE+baseline": baseline, "ENUM": ENUM, "MVD": MVD, "IWAE(2)+REINFORCE": baseline,
-                "IWAE(2)+MVD": MVD}[name]
+    strategy = {
+        "REINFORCE+baseline": baseline,
+        "ENUM": ENUM,
+        "MVD": MVD,
+        "IWAE(2)+REINFORCE": baseline,
+        "IWAE(2)+MVD": MVD,
+    }[name]
     guide = with_strategy(air.guide, strategy)
     return iwelbo(air.model, guide, 2) if name.startswith("IWAE") else elbo(air.model, guide)
 
@@ -83,8 +88,9 @@ class GendslRunner:
 
     def step(self, images):
         self.t += 1
-        self.params, self.state, value = self.step_fn(self.params, self.state, jax.random.fold_in(self.key, self.t),
-                                                      images)
+        self.params, self.state, value = self.step_fn(
+            self.params, self.state, jax.random.fold_in(self.key, self.t), images
+        )
         return float(jax.block_until_ready(value))
 
 
@@ -152,8 +158,20 @@ def main():
     parser.add_argument("--budget", type=float, default=180.0, help="training seconds per estimator")
     parser.add_argument("--no-pyro", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--estimators",
+        default=",".join(ESTIMATORS),
+        help=f"comma-separated rows to run (default all: {','.join(ESTIMATORS)})",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    unknown = sorted(set(estimators) - set(ESTIMATORS))
+    if unknown or "REINFORCE+baseline" not in estimators:
+        parser.error(
+            f"--estimators: unknown {unknown}; choose from {ESTIMATORS}, including REINFORCE+baseline "
+            "(the reference of the cost column)"
+        )
 
     digits = mnist_images(args.data)
     split = int(len(digits) * 0.8)
@@ -161,8 +179,10 @@ def main():
     test, test_counts = multi_mnist(digits[split:], args.test, seed=args.seed + 1)
     config = AIRConfig()
     air = make_air(config)
-    init = {**air.model.init(jax.random.key(args.seed), jnp.asarray(train[0])),
-            **air.guide.init(jax.random.key(args.seed + 1), jnp.asarray(train[0]))}
+    init = {
+        **air.model.init(jax.random.key(args.seed), jnp.asarray(train[0])),
+        **air.guide.init(jax.random.key(args.seed + 1), jnp.asarray(train[0])),
+    }
     steps_per_epoch = math.ceil(args.n / args.batch)
     rng = np.random.default_rng(args.seed)
 
@@ -178,10 +198,12 @@ def main():
     # ---- 1. step time, interleaved
     systems = {}
     compile_s = {}
-    for name in ESTIMATORS:
+    for name in estimators:
         systems[("gendsl", name)] = GendslRunner(air, name, init, args.lr)
     if use_pyro:
         for name, kind in PYRO_KIND.items():
+            if name not in estimators:
+                continue
             systems[("Pyro", name)] = PyroRunner(kind, config, args.lr, args.seed)
     warm = minibatch()
     for k, runner in systems.items():
@@ -194,7 +216,7 @@ def main():
     order = list(systems)
     for r in range(args.rounds):
         batch = minibatch()
-        rotated = order[r % len(order):] + order[: r % len(order)]
+        rotated = order[r % len(order) :] + order[: r % len(order)]
         for k in rotated:
             t0 = time.perf_counter()
             systems[k].step(batch)
@@ -206,8 +228,11 @@ def main():
     quality = {}
     for k in systems:
         name = k[1]
-        runner = GendslRunner(air, name, init, args.lr) if k[0] == "gendsl" else PyroRunner(
-            PYRO_KIND[name], config, args.lr, args.seed)
+        runner = (
+            GendslRunner(air, name, init, args.lr)
+            if k[0] == "gendsl"
+            else PyroRunner(PYRO_KIND[name], config, args.lr, args.seed)
+        )
         runner.step(minibatch())  # compile
         t0, n_steps = time.perf_counter(), 0
         while time.perf_counter() - t0 < args.budget:
@@ -226,9 +251,12 @@ def main():
         "# Attend-Infer-Repeat on multi-MNIST: gendsl vs Pyro (Table 2)",
         "",
         f"`python benchmarks/air.py --data {args.data} --n {args.n} --batch {args.batch} --rounds {args.rounds} "
-        f"--budget {args.budget:g}{' --no-pyro' if not use_pyro else ''}` on {platform.machine()}, "
+        f"--budget {args.budget:g}{' --no-pyro' if not use_pyro else ''}"
+        + (f" --estimators {args.estimators}" if estimators != ESTIMATORS else "")
+        + f"` on {platform.machine()}, "
         f"{os.cpu_count()} CPU cores (shared with other jobs), {datetime.date.today()}; jax {jax.__version__}"
-        + (f", torch {torch.__version__}, pyro {__import__('pyro').__version__}" if use_pyro else "") + ".",
+        + (f", torch {torch.__version__}, pyro {__import__('pyro').__version__}" if use_pyro else "")
+        + ".",
         "",
         f"Epoch = {args.n} canvases = {steps_per_epoch} steps of {args.batch}. Step = gradient estimate + Adam update; "
         f"median over {args.rounds} interleaved rounds (min-max in brackets); seconds per epoch = median step x "
@@ -239,21 +267,28 @@ def main():
         "|---|---|---|---|---|---|---|---|",
     ]
     base = med[("gendsl", "REINFORCE+baseline")]
-    for name in ESTIMATORS:
+    for name in estimators:
         g = ("gendsl", name)
         p = ("Pyro", name)
-        row = f"| {name} | {med[g] * 1e3:.0f} [{min(times[g]) * 1e3:.0f}-{max(times[g]) * 1e3:.0f}] | " \
-              f"{med[g] * steps_per_epoch:.1f} | "
+        row = (
+            f"| {name} | {med[g] * 1e3:.0f} [{min(times[g]) * 1e3:.0f}-{max(times[g]) * 1e3:.0f}] | "
+            f"{med[g] * steps_per_epoch:.1f} | "
+        )
         if p in med:
-            row += f"{med[p] * 1e3:.0f} [{min(times[p]) * 1e3:.0f}-{max(times[p]) * 1e3:.0f}] | " \
-                   f"{med[p] * steps_per_epoch:.1f} | {med[p] / med[g]:.1f}x | "
+            row += (
+                f"{med[p] * 1e3:.0f} [{min(times[p]) * 1e3:.0f}-{max(times[p]) * 1e3:.0f}] | "
+                f"{med[p] * steps_per_epoch:.1f} | {med[p] / med[g]:.1f}x | "
+            )
         else:
             row += "n/a | n/a | n/a | "
         row += f"{med[g] / base:.2f}x | {compile_s[g]:.1f} s / " + (f"{compile_s[p]:.1f} s |" if p in med else "n/a |")
         md.append(row)
     if ("Pyro", "ENUM") in med:
-        md += ["", f"Pyro's own ENUM / REINFORCE+baseline cost: "
-               f"{med[('Pyro', 'ENUM')] / med[('Pyro', 'REINFORCE+baseline')]:.2f}x."]
+        md += [
+            "",
+            f"Pyro's own ENUM / REINFORCE+baseline cost: "
+            f"{med[('Pyro', 'ENUM')] / med[('Pyro', 'REINFORCE+baseline')]:.2f}x.",
+        ]
     md += [
         "",
         f"## After {args.budget:g} s of training per estimator",

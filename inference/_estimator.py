@@ -29,9 +29,7 @@ sg = jax.lax.stop_gradient
 def _scalar(f) -> jax.Array:
     f = jnp.asarray(f)
     if f.shape != ():
-        raise ValueError(
-            f"an objective must return a scalar, got shape {f.shape}; reduce it (e.g. .sum() or .mean())"
-        )
+        raise ValueError(f"an objective must return a scalar, got shape {f.shape}; reduce it (e.g. .sum() or .mean())")
     return f
 
 
@@ -78,6 +76,11 @@ def _tracked_sites(run: Execution) -> bool:
 def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
     """``(surrogate, value, score terms, enum log q)`` of one execution; see the module docstring.
 
+    Where the execution meets an unbatched ENUM site, the result is instead the sum over the
+    site's support (and recursively over the ENUM sites met in each branch) of each complete
+    path's probability times its surrogate and value, with the score terms folded in and
+    ``None`` for the enum log q.
+
     The score terms map each REINFORCE site to ``(log q - sg(log q), Q)``, per element of the
     site; ``Q`` is the cost its score is paired with: the part of the objective that depends on
     the element (dependency tracking), or the whole objective.
@@ -90,13 +93,20 @@ def _surrogate(fn, args, kwargs, key, overrides, ema, statics):
         def branch(v):
             inner = [*overrides, Override(address, 0, v)]
             s, value, terms, logq = _surrogate(fn, args, kwargs, key, inner, ema, statics)
+            if logq is None:  # a subtree: already summed over its paths, weighted
+                return s, value
             for a, (dlq, q) in terms.items():
                 s = s + jnp.sum(dlq * sg(q - statics[a].baseline_value(a, ema, None, args)))
-            return s, value, logq[address]
+            # A complete path (every enumerated site overridden) is weighted by its probability,
+            # the product of q over its sites, read from this last execution. The executions that
+            # only found the next site are then dead code: reading each site's q from its own
+            # level would keep them, recomputing the program's prefix once per level, forward and
+            # backward.
+            weight = jnp.exp(sum(logq[o.address] for o in inner))
+            return weight * s, weight * value
 
-        s, values, logq = jax.vmap(branch)(support)
-        weight = jnp.exp(logq)
-        return jnp.sum(weight * s), jnp.sum(weight * values), {}, run.enum_logq
+        s, values = jax.vmap(branch)(support)
+        return jnp.sum(s), jnp.sum(values), {}, None
     q = {}
     if _tracked_sites(run):
         run, f, q = _tracked_execute(fn, args, kwargs, key, overrides)

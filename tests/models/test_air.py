@@ -12,15 +12,17 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
 import gendsl
 import gendsl.distributions as dist
 from gendsl import handlers
-from gendsl.inference import ENUM, MVD, REINFORCE, Reinforce, density, elbo, expectation, sim
+from gendsl.inference import AUTO, ENUM, MVD, REINFORCE, SVI, Reinforce, density, elbo, expectation, sim
 from gendsl.models.air import (
     AIRConfig,
+    ObjectsNormal,
     batch_value_and_grad,
     count_objects,
     image_to_window,
@@ -186,27 +188,28 @@ FIXED = {  # the guide's continuous choices, held fixed so that z_pres are the o
 }
 
 
-def fixed_objective(air, strategy):
-    guide = with_strategy(handlers.condition(air.guide, data=FIXED), strategy)
+def fixed_objective(air, strategy, fixed=FIXED):
+    guide = with_strategy(handlers.condition(air.guide, data=fixed), strategy)
 
     def f(params, image):
         z, log_q = sim(guide.bind(params))(image)  # log_q includes the conditioned sites
-        return density(air.model.bind(params))({**z, **FIXED}, image) - log_q
+        return density(air.model.bind(params))({**z, **fixed}, image) - log_q
 
     return expectation(f)
 
 
-def patterns(air, params, image):
+def patterns(air, params, image, fixed=FIXED):
     """Each z_pres pattern with its guide probability (z_pres sites only) and the integrand ``log p - log q``."""
-    for pattern in itertools.product([0.0, 1.0], repeat=TINY.steps):
-        choices = {**FIXED, **{f"z_pres_{t}": jnp.array(v) for t, v in enumerate(pattern)}}
+    steps = air.config.steps
+    for pattern in itertools.product([0.0, 1.0], repeat=steps):
+        choices = {**fixed, **{f"z_pres_{t}": jnp.array(v) for t, v in enumerate(pattern)}}
         tr = gendsl.model(handlers.condition(air.guide, data=choices)).bind(params).simulate(jax.random.key(0), image)
-        mass = jnp.exp(sum(tr.log_probs[f"z_pres_{t}"] for t in range(TINY.steps)))
+        mass = jnp.exp(sum(tr.log_probs[f"z_pres_{t}"] for t in range(steps)))
         yield mass, air.model.bind(params).assess(choices, image) - tr.score
 
 
-def exact_objective(air, params, image):
-    return sum(mass * f for mass, f in patterns(air, params, image))
+def exact_objective(air, params, image, fixed=FIXED):
+    return sum(mass * f for mass, f in patterns(air, params, image, fixed))
 
 
 def exact_masses(air, params, image):
@@ -239,6 +242,22 @@ def test_enum_is_exact(tiny):
         np.testing.assert_allclose(g, np.broadcast_to(e, g.shape), rtol=1e-4, atol=1e-4)
 
 
+def test_enum_is_exact_over_three_presence_sites():
+    """Three nested sums (8 patterns; 2 canvases of pixels per pattern were the costly part) against brute force."""
+    config = AIRConfig(canvas=5, window=3, steps=3, what=2, hidden=4, mlp=4, pres_prior=0.6)
+    air, params = tiny_params(config, seed=4)
+    fixed = {**FIXED, "z_where_2": jnp.array([1.8, 0.4, 0.2]), "z_what_2": jnp.array([0.1, -0.6])}
+    image = jax.random.uniform(jax.random.key(11), (config.canvas, config.canvas))
+    exact_value, exact_grad = fast_jit(jax.value_and_grad(lambda p, x: exact_objective(air, p, x, fixed)))(
+        params, image
+    )
+    enum = fixed_objective(air, ENUM, fixed)
+    values, grads = draw_estimates(lambda k: enum.value_and_grad(k, params, image), jax.random.key(1), 3)
+    np.testing.assert_allclose(values, float(exact_value), rtol=1e-5)
+    for g, e in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(exact_grad), strict=True):
+        np.testing.assert_allclose(g, np.broadcast_to(e, g.shape), rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def strategy_grads(tiny):
     """Each sampling strategy's gradient estimates at the tiny AIR, drawn by one compiled program."""
@@ -246,8 +265,9 @@ def strategy_grads(tiny):
     # A learned baseline at arbitrary (untrained) parameters: still unbiased.
     strategies = {"reinforce": REINFORCE, "reinforce+baseline": Reinforce(baseline=air.baseline), "mvd": MVD}
     objectives = {name: fixed_objective(air, chosen) for name, chosen in strategies.items()}
-    return draw_estimates(lambda k: {name: o.grad(k, params, image) for name, o in objectives.items()},
-                          jax.random.key(7), 3000)
+    return draw_estimates(
+        lambda k: {name: o.grad(k, params, image) for name, o in objectives.items()}, jax.random.key(7), 3000
+    )
 
 
 # Slow: three AIR estimators, one large compilation. Each strategy is checked against exact
@@ -260,10 +280,54 @@ def test_strategy_gradient_is_unbiased(tiny, strategy_grads, strategy):
     grads = strategy_grads[strategy]
     if strategy == "reinforce+baseline":
         # The baseline's own parameters get the least-squares fit gradient, not an ELBO gradient.
-        grads, exact_grad = {k: grads[k] for k in grads if k != "baseline"}, {
-            k: exact_grad[k] for k in exact_grad if k != "baseline"
-        }
+        grads, exact_grad = (
+            {k: grads[k] for k in grads if k != "baseline"},
+            {k: exact_grad[k] for k in exact_grad if k != "baseline"},
+        )
     assert_unbiased(grads, exact_grad, name=f"AIR {strategy} gradient")
+
+
+def test_objects_normal_is_the_normal_of_the_canvas():
+    """The likelihood's inner-product form has the density and gradient of Normal(canvas, noise) per pixel."""
+    keys = jax.random.split(jax.random.key(12), 4)
+    objects = jax.random.uniform(keys[0], (3, 7, 7))
+    present = jnp.array([1.0, 1.0, 0.0])
+    image = jax.random.uniform(keys[1], (7, 7))
+
+    def both(objects):
+        pairs = list(zip(present, objects, strict=True))
+        canvas = jnp.einsum("t,tij->ij", present, objects)
+        return ObjectsNormal(pairs, 0.3).log_prob(image), dist.Normal(canvas, 0.3).to_event(2).log_prob(image)
+
+    ours, reference = both(objects)
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+    g_ours = jax.grad(lambda o: both(o)[0])(objects)
+    g_reference = jax.grad(lambda o: both(o)[1])(objects)
+    np.testing.assert_allclose(g_ours, g_reference, rtol=1e-4, atol=1e-4)
+    d = ObjectsNormal(list(zip(present, objects, strict=True)), 0.3)
+    np.testing.assert_allclose(d.mean, objects[0] + objects[1], rtol=1e-6)
+    assert d.sample(keys[2]).shape == (7, 7)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [ENUM, pytest.param(AUTO, marks=pytest.mark.slow)],
+    ids=["ENUM", "AUTO"],  # AUTO measures: ~30 s
+)
+def test_svi_per_point_trains_a_strategy_without_the_learned_baseline(strategy):
+    """Regression: make_air(strategy=ENUM or AUTO) created the baseline network, which no site then
+    read, and SVI.init refused the unused parameters (``gendsl fit`` of examples/air_multi_mnist.py)."""
+    config = AIRConfig(canvas=5, window=3, steps=2, what=2, hidden=4, mlp=4)
+    air = make_air(config, strategy=strategy)
+    images = jax.random.uniform(jax.random.key(13), (3, config.canvas, config.canvas))
+    svi = SVI(air.objective, optax.adam(1e-3), per_point=True)
+    state = svi.init(jax.random.key(14), images)  # raised here (the step itself is tested elsewhere)
+    assert sorted(svi.get_params(state)) == ["decoder", "guide"]
+    with pytest.raises(KeyError, match="only for its default strategy"):
+        air.baseline(svi.get_params(state), images[0])
+    # The default strategy still creates the network and trains it.
+    default = make_air(config)
+    assert "baseline" in default.init_params(jax.random.key(15), images)
 
 
 def test_batch_value_and_grad_averages_per_image_estimates_of_a_small_program():
