@@ -17,10 +17,11 @@ in all parameters (no optimizer update).
   draw, log densities written out), ``jax.jit(jax.value_and_grad(f))``. For the
   IWELBO the reference folds the K particles into the decoder's batch (z of shape
   (K, B, 10), one (K*B)-row matmul per layer); a second hand-written version
-  ``jax.vmap``-s the per-particle log weight instead, the structure that gendsl's
-  ``repeat`` and NumPyro's vectorized particles produce (on XLA:CPU the nested
-  vmap of equinox's ``weight @ x`` costs transposes of every (K, B, width)
-  activation; ``--hlo`` counts them).
+  ``jax.vmap``-s the per-particle log weight instead, the structure that NumPyro's
+  vectorized particles produce, and gendsl's ``repeat`` before it folded the
+  particles into the matmul batch (on XLA:CPU the nested vmap of equinox's
+  ``weight @ x`` costs transposes of every (K, B, width) activation; ``--hlo``
+  counts them).
 * NumPyro: ``Trace_ELBO()`` / ``RenyiELBO(alpha=0, num_particles=K)`` (alpha = 0 is
   the IWAE bound), ``jax.jit(jax.value_and_grad(loss.loss))`` with the parameters
   from ``SVI(...).init`` replaced by the shared pytree.
@@ -210,7 +211,7 @@ def unfolded(fn):
     """
 
     def traced(*args):
-        with mock.patch.object(_language, "fold_particle_products", lambda particles: particles):
+        with mock.patch.object(_language, "fold_particle_products", lambda particles, **_: particles):
             return fn(*args)
 
     return traced
