@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gendsl.models import PFGMPP, FlowMatching, energy_distance, mmd
+from gendsl.metrics import energy_distance, mmd
+from gendsl.models import PFGMPP, FlowMatching
 
 BANDWIDTH = 0.1  # of the MMD's Gaussian kernel, in data units: the scale of the moons' and the roll's noise
 

@@ -29,7 +29,8 @@ import numpy as np
 import optax
 
 from gendsl.inference import SVI
-from gendsl.models import DDPM, energy_distance
+from gendsl.metrics import energy_distance
+from gendsl.models import DDPM
 
 
 def moons(n: int, seed: int):

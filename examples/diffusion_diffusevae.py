@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from gendsl.inference import SVI
-from gendsl.models import DiffuseVAE, energy_distance
+from gendsl.metrics import energy_distance
+from gendsl.models import DiffuseVAE
 
 # -- the `gendsl fit` program: a Trainable, the data, and option defaults
 

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from gendsl.inference import SVI
-from gendsl.models import EDM, energy_distance
+from gendsl.metrics import energy_distance
+from gendsl.models import EDM
 
 
 def swiss_roll(n: int, seed: int) -> np.ndarray:

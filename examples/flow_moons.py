@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gendsl.models import FlowMatching, energy_distance
+from gendsl.metrics import energy_distance
+from gendsl.models import FlowMatching
 
 
 def moons(n: int, seed: int):

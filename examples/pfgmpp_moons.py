@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gendsl.models import PFGMPP, energy_distance
+from gendsl.metrics import energy_distance
+from gendsl.models import PFGMPP
 
 # -- the `gendsl fit` program: a Trainable, the data, and option defaults
 

@@ -15,7 +15,8 @@ _SOURCES = {
     **dict.fromkeys(["DDPM", "discretized_gaussian_log_prob", "linear_alpha_bar", "vp_forward", "vp_reverse"], "ddpm"),
     "DiffuseVAE": "diffusevae",
     "EDM": "edm",
-    **dict.fromkeys(["FlowMatching", "coupling_path", "energy_distance", "mmd"], "flow_matching"),
+    **dict.fromkeys(["FlowMatching", "coupling_path"], "flow_matching"),
+    **dict.fromkeys(["energy_distance", "mmd"], "gendsl.metrics"),
     **dict.fromkeys(["PFGMPP", "edm_sigmas"], "pfgmpp"),
     "VDM": "vdm",
 }
@@ -23,7 +24,9 @@ _SOURCES = {
 
 def __getattr__(name: str):
     if name in _SOURCES:
-        value = getattr(importlib.import_module(f"gendsl.models.{_SOURCES[name]}"), name)
+        source = _SOURCES[name]
+        module = source if source.startswith("gendsl.") else f"gendsl.models.{source}"
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module 'gendsl.models' has no attribute {name!r}")
@@ -60,7 +63,7 @@ __all__ = [
     "edm_sigmas",
     # the shared time-conditioned network
     "TimeMLP",
-    # sample-quality metrics
+    # sample-quality metrics (re-exported from gendsl.metrics)
     "energy_distance",
     "mmd",
 ]

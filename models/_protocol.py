@@ -95,7 +95,7 @@ def mean_and_error(values) -> tuple[float, float]:
 def mmd_with_error(samples, data, *, blocks: int = 10) -> tuple[float, float]:
     """Squared MMD (Gaussian kernel, median-distance bandwidth of ``data``) and its noise level.
 
-    The value is the unbiased statistic of all points (``gendsl.models.mmd``). Its standard
+    The value is the unbiased statistic of all points (``gendsl.metrics.mmd``). Its standard
     error comes from ``blocks`` disjoint blocks of both samples: the spread of the block
     statistics over ``sqrt(blocks)``. Each block statistic is noisier than the full one, so
     this errs on the large side; two models whose MMDs differ by less are not distinguished.
@@ -107,7 +107,7 @@ def mmd_with_error(samples, data, *, blocks: int = 10) -> tuple[float, float]:
         >>> abs(value) < 3 * se
         True
     """
-    from gendsl.models.flow_matching import mmd
+    from gendsl.metrics import mmd
 
     x, y = np.asarray(samples, np.float64), np.asarray(data, np.float64)
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)

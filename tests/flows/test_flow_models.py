@@ -8,7 +8,8 @@ from jax.scipy.stats import norm
 
 from gendsl.inference import init_params
 from gendsl.inference.diffusion import path_velocity
-from gendsl.models import PFGMPP, FlowMatching, coupling_path, edm_sigmas, energy_distance
+from gendsl.metrics import energy_distance
+from gendsl.models import PFGMPP, FlowMatching, coupling_path, edm_sigmas
 
 MU = jnp.array([1.0, -0.5])
 S = jnp.array([0.5, 1.0])
