@@ -128,11 +128,16 @@ class TimeConv(eqx.Module):
     Translation-equivariant layers share statistics across pixels, which an MLP
     on 64 pixels cannot (it overfits 1,000 digits).
 
+    With ``out_channels > 1`` the output is ``(side * side, out_channels)``: several
+    numbers per pixel (VDM's ``denoiser="levels"`` reads one logit per grey level).
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> net = TimeConv(8, channels=8, depth=2, key=jax.random.key(0))
         >>> net(jnp.ones(64), 0.3).shape
         (64,)
+        >>> TimeConv(8, channels=8, depth=1, out_channels=17, key=jax.random.key(0))(jnp.ones(64), 0.3).shape
+        (64, 17)
     """
 
     first: eqx.nn.Conv2d
@@ -141,18 +146,23 @@ class TimeConv(eqx.Module):
     last: eqx.nn.Conv2d
     side: int = eqx.field(static=True)
     time_features: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
 
-    def __init__(self, side: int, *, channels: int = 64, depth: int = 3, time_features: int = 16, key):
+    def __init__(self, side: int, *, channels: int = 64, depth: int = 3, time_features: int = 16,
+                 out_channels: int = 1, key):
         keys = jax.random.split(key, 2 * depth + 2)
-        self.side, self.time_features = side, time_features
+        self.side, self.time_features, self.out_channels = side, time_features, out_channels
         self.first = eqx.nn.Conv2d(1, channels, 3, padding=1, key=keys[0])
         self.blocks = [eqx.nn.Conv2d(channels, channels, 3, padding=1, key=k) for k in keys[1 : depth + 1]]
         self.time_proj = [eqx.nn.Linear(time_features, channels, key=k) for k in keys[depth + 1 : 2 * depth + 1]]
-        self.last = eqx.nn.Conv2d(channels, 1, 3, padding=1, key=keys[-1])
+        self.last = eqx.nn.Conv2d(channels, out_channels, 3, padding=1, key=keys[-1])
 
     def __call__(self, z, t, label=None):
         temb = fourier_time(t, self.time_features)
         h = self.first(jnp.reshape(z, (1, self.side, self.side)))
         for conv, proj in zip(self.blocks, self.time_proj, strict=True):
             h = h + conv(jax.nn.silu(h + proj(temb)[:, None, None]))
-        return jnp.reshape(self.last(jax.nn.silu(h)), (-1,))
+        out = self.last(jax.nn.silu(h))
+        if self.out_channels == 1:
+            return jnp.reshape(out, (-1,))
+        return jnp.reshape(jnp.moveaxis(out, 0, -1), (self.side * self.side, self.out_channels))

@@ -1,7 +1,10 @@
 """Variational Diffusion Models (Kingma et al. 2021): continuous-time ELBO, learned schedule, discrete decoder.
 
 ``VDM`` is an ``equinox.Module`` holding the noise-prediction network and the
-schedule ``gamma(t)`` (fixed ``LinearSchedule`` or learned ``LearnedSchedule``).
+schedule ``gamma(t)`` (fixed ``LinearSchedule`` or learned ``LearnedSchedule``, optionally
+with VDM's variance-minimizing update of its shape). For data on a grid of levels the network
+can instead predict a prior over the levels (``denoiser="levels"``), and it can be conditioned
+on a data augmentation's index (``augmentations``, evaluated at the identity).
 Its training objective ``VDM.objective`` is an ``Expectation`` of the ELBO (nats per
 data point, from ``gendsl.inference.diffusion.vdm_terms``, ``gamma'`` by ``jax.jvp``)
 of a batch with ``levels`` grey levels; ``bits_per_dim`` reports it in bits.
@@ -75,6 +78,21 @@ class VDM(eqx.Module):
         hidden, depth: the ``TimeMLP`` noise-prediction network.
         fourier: exponents ``k`` of extra input features ``sin, cos(2^k pi z)``.
         conv: a small residual CNN (``TimeConv``, ``hidden`` channels) instead of the MLP (square images).
+        denoiser: ``"eps"``: the network predicts the noise. ``"levels"``: it predicts, per
+            element, logits of a prior over the ``levels`` grey levels, and the noise prediction
+            is that of the posterior mean ``E[x | z_t]`` under this prior times the exact
+            Gaussian likelihood ``q(z_t | x = v_k)`` of each level. Near ``t = 0`` the
+            likelihood pins the level down, so the network need not learn to round
+            ``z_t`` to the grid (which costs an ``"eps"`` MLP most of its bits on digits);
+            the last layer starts at zero (a uniform prior). Any prediction gives a valid ELBO.
+        augmentations: condition the network on the index of a data augmentation (``0`` the
+            identity, up to ``augmentations - 1``): distribution augmentation (Jun et al. 2020).
+            The objective then takes ``(xs_int, indices)``; data given alone is index 0, so
+            ``bits_per_dim``, ``evaluate`` and ``sample`` concern the unaugmented data, and the
+            bound stays a bound on its likelihood whatever the augmentations are (flips included).
+        variance_gradient: train a learned schedule's shape to minimize the variance of the
+            continuous-time diffusion term (VDM's update, ``vdm_terms(variance_gradient=True)``);
+            the ELBO's value and its gradient in the network and the endpoints are unchanged.
         key: PRNG key.
 
     Example:
@@ -88,6 +106,11 @@ class VDM(eqx.Module):
         >>> grads = jax.jit(jax.grad(loss))(params, jax.random.key(1))   # one compilation, not op by op
         >>> vdm.bits_per_dim(jax.random.key(2), x).shape
         ()
+        >>> levels = VDM(4, levels=17, hidden=16, depth=1, denoiser="levels", learned_schedule=True,
+        ...              variance_gradient=True, key=jax.random.key(0))
+        >>> # already below log2(17) = 4.09 bits, a uniform distribution's, before any training
+        >>> bool(levels.bits_per_dim(jax.random.key(2), x, samples=64) < 4.09)
+        True
     """
 
     sample_options = ("steps",)
@@ -98,44 +121,74 @@ class VDM(eqx.Module):
     levels: int = eqx.field(static=True)
     gamma_range: tuple = eqx.field(static=True)
     fourier: tuple = eqx.field(static=True)
+    denoiser: str = eqx.field(static=True)
+    variance_gradient: bool = eqx.field(static=True)
+    augmentations: int = eqx.field(static=True)
 
     def __init__(self, dim: int, *, levels: int = 17, learned_schedule: bool = False, gamma_min: float = -13.3,
                  gamma_max: float = 5.0, hidden: int = 256, depth: int = 3, fourier: tuple = (), conv: bool = False,
-                 key):
+                 denoiser: str = "eps", variance_gradient: bool = False, augmentations: int = 0, key):
+        if denoiser not in ("eps", "levels"):
+            raise ValueError(f"VDM: denoiser is 'eps' (noise prediction) or 'levels' (level logits), got {denoiser!r}")
         k_net, k_sched = jax.random.split(key)
         self.dim, self.levels = dim, levels
         self.gamma_range = (gamma_min, gamma_max)
         self.fourier = tuple(fourier)
+        self.denoiser, self.variance_gradient, self.augmentations = denoiser, variance_gradient, augmentations
+        per_element = levels if denoiser == "levels" else 1
         if conv:
-            if self.fourier:
-                raise ValueError("VDM: Fourier features are implemented for the MLP only (conv=False)")
+            if self.fourier or augmentations:
+                raise ValueError("VDM: Fourier features and augmentations need the MLP (conv=False)")
             side = round(dim**0.5)
             if side * side != dim:
                 raise ValueError(f"VDM(conv=True) needs square images; dim {dim} is not a square")
-            self.net = TimeConv(side, channels=hidden, depth=depth, key=k_net)
+            self.net = TimeConv(side, channels=hidden, depth=depth, out_channels=per_element, key=k_net)
         else:
-            self.net = TimeMLP((dim * (1 + 2 * len(self.fourier)),), out_shape=(dim,), hidden=hidden, depth=depth,
-                               key=k_net)
+            out_shape = (dim,) if per_element == 1 else (dim, per_element)
+            self.net = TimeMLP((dim * (1 + 2 * len(self.fourier)),), out_shape=out_shape, hidden=hidden, depth=depth,
+                               num_classes=augmentations or None, key=k_net)
+        if denoiser == "levels":
+            # Zero logits: the prior over levels starts uniform, so training starts from the exact
+            # posterior mean of independent uniform pixels rather than from noise.
+            last = (lambda m: m.last) if conv else (lambda m: m.layers[-1])
+            self.net = eqx.tree_at(lambda m: (last(m).weight, last(m).bias), self.net,
+                                   (jnp.zeros_like(last(self.net).weight), jnp.zeros_like(last(self.net).bias)))
         if learned_schedule:
             self.schedule = LearnedSchedule(gamma_min, gamma_max, key=k_sched)
         else:
             self.schedule = LinearSchedule(gamma_min, gamma_max)
 
-    def eps(self, z, gamma):
+    def eps(self, z, gamma, augmentation=None):
         """The noise prediction; the network sees gamma rescaled to [0, 1] by the initial endpoints (as VDM),
-        and ``sin, cos(2^k pi z)`` for ``k`` in ``fourier`` (VDM's Fourier features: fine scales of z)."""
+        and ``sin, cos(2^k pi z)`` for ``k`` in ``fourier`` (VDM's Fourier features: fine scales of z);
+        with ``augmentations``, the augmentation's index (None: 0, the unaugmented data)."""
         lo, hi = self.gamma_range
         feats = [z] + [f(2.0**k * jnp.pi * z) for k in self.fourier for f in (jnp.sin, jnp.cos)]
-        return self.net(jnp.concatenate(feats), (gamma - lo) / (hi - lo))
+        if self.augmentations:
+            label = 0 if augmentation is None else augmentation
+            out = self.net(jnp.concatenate(feats), (gamma - lo) / (hi - lo), label)
+        else:
+            out = self.net(jnp.concatenate(feats), (gamma - lo) / (hi - lo))
+        if self.denoiser == "eps":
+            return out
+        # The posterior over each element's level: the network's prior logits plus the exact
+        # log-likelihood log q(z_t | x = v_k) (up to a constant), then eps_hat of its mean.
+        alpha, var = jnp.sqrt(jax.nn.sigmoid(-gamma)), jax.nn.sigmoid(gamma)
+        values = 2.0 * (jnp.arange(self.levels) + 0.5) / self.levels - 1.0
+        log_lik = -0.5 * (z[:, None] - alpha * values) ** 2 / var
+        x_hat = jax.nn.softmax(out + log_lik, axis=-1) @ values
+        return (z - alpha * x_hat) / jnp.sqrt(var)
 
-    def terms(self, key, x_int, *, T: int = 0, t=None) -> dict:
+    def terms(self, key, x_int, *, T: int = 0, t=None, augmentation=None) -> dict:
         """``vdm_terms`` of one data point of integer levels (nats), with an explicit key."""
         x = from_levels(x_int, self.levels)
+        eps = self.eps if augmentation is None else (lambda z, gamma: self.eps(z, gamma, augmentation))
 
         def decoder(z0, gamma0):
             return discrete_decoder_log_prob(z0, x_int, gamma0, self.levels)
 
-        return vdm_terms(self.eps, self.schedule, key, x, decoder_log_prob=decoder, T=T, antithetic_t=t)
+        return vdm_terms(eps, self.schedule, key, x, decoder_log_prob=decoder, T=T, antithetic_t=t,
+                         variance_gradient=self.variance_gradient and not T)
 
     @property
     def objective(self):
@@ -167,8 +220,9 @@ class VDM(eqx.Module):
         Returns:
             ``{"bits_per_dim": (value, standard_error)}``.
         """
-        data = jnp.asarray(data)
-        weights = jnp.full(data.shape[0], 1.0 / data.shape[0])
+        data = tuple(map(jnp.asarray, data)) if isinstance(data, (tuple, list)) else jnp.asarray(data)
+        n = jax.tree_util.tree_leaves(data)[0].shape[0]  # (images, augmentation indices) or images
+        weights = jnp.full(n, 1.0 / n)
         # The objective is scalar; its gradient in per-point weights is each point's ELBO
         # under exactly the estimate's keys (the weights do not touch the randomness).
         mean, per_point = _per_point(key, params, data, weights, samples, T)
@@ -238,11 +292,19 @@ def _vdm_eps(params, z, t):
 
 def _elbos(vdm: VDM, xs_int, *, T: int = 0) -> jax.Array:
     """Each point's ELBO estimate, with times stratified over the batch."""
+    if isinstance(xs_int, (tuple, list)):
+        if not vdm.augmentations:
+            raise ValueError("VDM: data given as (images, augmentation indices) needs VDM(augmentations=...)")
+        xs_int, augs = xs_int
+    else:
+        augs = jnp.zeros(jnp.shape(xs_int)[0], jnp.int32)
     b = jnp.shape(xs_int)[0]
     k_u, k_rest = jax.random.split(objective_key("vdm"))
     ts = jnp.mod(jax.random.uniform(k_u, ()) + jnp.arange(b) / b, 1.0)
     keys = jax.random.split(k_rest, b)
-    terms = jax.vmap(lambda k, x, t: vdm.terms(k, x, T=T, t=t))(keys, xs_int, ts)
+    augment = vdm.augmentations > 0
+    terms = jax.vmap(lambda k, x, t, a: vdm.terms(k, x, T=T, t=t, augmentation=a if augment else None))(
+        keys, xs_int, ts, augs)
     return terms["reconstruction"] - terms["prior_kl"] - terms["diffusion"]
 
 

@@ -8,7 +8,9 @@ modules, so their endpoints (and the learned one's shape) train with the model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -28,6 +30,7 @@ class LinearSchedule(eqx.Module):
 
     gamma_min: jax.Array
     gamma_max: jax.Array
+    endpoint_fields: ClassVar[tuple] = ("gamma_min", "gamma_max")
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0):
         self.gamma_min = jnp.asarray(gamma_min, jnp.float32)
@@ -42,7 +45,9 @@ class LearnedSchedule(eqx.Module):
 
     ``phi(t) = l1(t) + l3(sigmoid(l2(l1(t))))`` with every weight made positive by
     a softplus, so ``phi`` and ``gamma`` increase in ``t``; ``g0`` and ``g1`` (the
-    endpoints) are learned too.
+    endpoints) are learned too. In continuous time the ELBO depends on the endpoints
+    only; the shape (the other weights) sets the variance of its estimate, which
+    ``vdm_terms(..., variance_gradient=True)`` trains it to minimize.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -60,6 +65,7 @@ class LearnedSchedule(eqx.Module):
     w2: jax.Array
     b2: jax.Array
     w3: jax.Array
+    endpoint_fields: ClassVar[tuple] = ("g0", "g1")
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 64, *, key):
         k1, k2, k3 = jax.random.split(key, 3)
@@ -92,3 +98,28 @@ def gamma_and_derivative(schedule: Callable, t) -> tuple[jax.Array, jax.Array]:
     """
     t = jnp.asarray(t, jnp.float32)
     return jax.jvp(schedule, (t,), (jnp.ones_like(t),))
+
+
+def _endpoint_and_shape_parts(schedule) -> tuple:
+    """Two copies of ``schedule``: one differentiable in its endpoints only, one in its shape only.
+
+    Both compute the same ``gamma``; the first stops the gradient of the shape
+    parameters, the second that of the endpoints (named by the class's
+    ``endpoint_fields``), so a loss can give each its own gradient.
+    """
+    names = getattr(type(schedule), "endpoint_fields", None)
+    if names is None or not isinstance(schedule, eqx.Module):
+        raise ValueError(
+            f"variance_gradient: the schedule must be an equinox module naming its endpoint parameters in "
+            f"`endpoint_fields` (LinearSchedule, LearnedSchedule); got {type(schedule).__name__}"
+        )
+    fields = [f.name for f in dataclasses.fields(schedule)]
+    shape = [n for n in fields if n not in names]
+
+    def stopped(which):
+        if not which:
+            return schedule
+        return eqx.tree_at(lambda s: [getattr(s, n) for n in which], schedule,
+                           [jax.lax.stop_gradient(getattr(schedule, n)) for n in which])
+
+    return stopped(shape), stopped(list(names))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from gendsl.inference.diffusion._schedules import gamma_and_derivative
+from gendsl.inference.diffusion._schedules import _endpoint_and_shape_parts, gamma_and_derivative
 
 __all__ = ["discrete_decoder_log_prob", "vdm_terms"]
 
@@ -47,7 +47,7 @@ def discrete_decoder_log_prob(z0, x_int, gamma0, levels: int) -> jax.Array:
 
 
 def vdm_terms(eps_fn: Callable, schedule: Callable, key, x, *, decoder_log_prob: Callable | None = None,
-              T: int = 0, antithetic_t=None) -> dict:
+              T: int = 0, antithetic_t=None, variance_gradient: bool = False) -> dict:
     """One draw of each term of VDM's ELBO (nats) for one data point ``x``.
 
     Args:
@@ -59,6 +59,12 @@ def vdm_terms(eps_fn: Callable, schedule: Callable, key, x, *, decoder_log_prob:
         T: 0 for the continuous-time diffusion term, or the number of steps of the
             discrete-time one ``T/2 E[(exp(gamma(t) - gamma(t - 1/T)) - 1) ||eps - eps_hat||^2]``.
         antithetic_t: a time in [0, 1] to use instead of a uniform draw (low-discrepancy batches).
+        variance_gradient: VDM's variance-minimizing schedule update (continuous time only). The
+            values are unchanged, and so are the gradients in the network and the schedule's
+            endpoints; the gradient of ``diffusion`` in the schedule's shape parameters becomes
+            that of ``diffusion ** 2``. In continuous time the diffusion term's expectation does
+            not depend on the shape (it is an integral over gamma between the endpoints), so
+            this trains the shape to minimize the estimator's variance without biasing the ELBO.
 
     Returns:
         ``{"reconstruction": log p(x | z_0), "prior_kl": KL(q(z_1 | x) || N(0, I)),
@@ -73,19 +79,34 @@ def vdm_terms(eps_fn: Callable, schedule: Callable, key, x, *, decoder_log_prob:
         >>> sorted(terms)
         ['diffusion', 'prior_kl', 'reconstruction']
     """
+    if variance_gradient and T:
+        raise ValueError("vdm_terms: variance_gradient=True needs the continuous-time loss (T=0); in discrete "
+                         "time the ELBO depends on the schedule's shape, so its gradient must stay the ELBO's")
     k_t, k_eps, k_0 = jax.random.split(key, 3)
     t = jax.random.uniform(k_t, ()) if antithetic_t is None else jnp.asarray(antithetic_t, jnp.float32)
     if T:
         t = jnp.ceil(t * T) / T
-    gamma_t, dgamma = gamma_and_derivative(schedule, t)
     eps = jax.random.normal(k_eps, jnp.shape(x))
-    z_t = jnp.sqrt(jax.nn.sigmoid(-gamma_t)) * x + jnp.sqrt(jax.nn.sigmoid(gamma_t)) * eps
-    err = jnp.sum((eps - eps_fn(z_t, gamma_t)) ** 2)
-    if T:
-        gamma_s = schedule(t - 1.0 / T)
-        diffusion = 0.5 * T * jnp.expm1(gamma_t - gamma_s) * err
+
+    def diffusion_term(gamma_t, dgamma):
+        z_t = jnp.sqrt(jax.nn.sigmoid(-gamma_t)) * x + jnp.sqrt(jax.nn.sigmoid(gamma_t)) * eps
+        err = jnp.sum((eps - eps_fn(z_t, gamma_t)) ** 2)
+        if T:
+            return 0.5 * T * jnp.expm1(gamma_t - schedule(t - 1.0 / T)) * err
+        return 0.5 * dgamma * err
+
+    if variance_gradient:
+        schedule, shape_only = _endpoint_and_shape_parts(schedule)
+        gamma_t, dgamma = gamma_and_derivative(schedule, t)
+        gamma_s, dgamma_s = gamma_and_derivative(shape_only, t)
+        # d(L^2)/d(shape) = 2 L dL/d(shape): the shape's path into the loss carries weight 2 L and value 0.
+        # L itself needs one more forward pass of the network (no backward pass).
+        weight = 2.0 * jax.lax.stop_gradient(diffusion_term(gamma_t, dgamma))
+        gamma_t = gamma_t + weight * (gamma_s - jax.lax.stop_gradient(gamma_s))
+        dgamma = dgamma + weight * (dgamma_s - jax.lax.stop_gradient(dgamma_s))
     else:
-        diffusion = 0.5 * dgamma * err
+        gamma_t, dgamma = gamma_and_derivative(schedule, t)
+    diffusion = diffusion_term(gamma_t, dgamma)
 
     gamma_1 = schedule(jnp.float32(1.0))
     mean1, var1 = jnp.sqrt(jax.nn.sigmoid(-gamma_1)) * x, jax.nn.sigmoid(gamma_1)
