@@ -59,6 +59,8 @@ def test_objectives_md_example():
         assert np.all(np.abs(np.asarray(g).mean(axis=0) - exact[name]) < 4 * se + 1e-6), name
 
 
+# Trains a flow for 600 steps; tests/models/test_protocol.py covers the same protocol and exact NLL fast.
+@pytest.mark.slow
 def test_models_md_example():
     """The Trainable protocol end to end: the fitted flow's exact NLL is near the data's entropy."""
     (block,) = blocks("models.md")
@@ -95,6 +97,8 @@ def test_fit_md_reading_a_run_folder(tmp_path):
     assert "mu" in ns["idata"].posterior
 
 
+# Fits three autoguides; tests/inference/test_autoguides.py checks each against exact posteriors fast.
+@pytest.mark.slow
 def test_autoguides_md_example():
     (block,) = blocks("autoguides.md")
     ns = run(block, "autoguides.md")

@@ -242,6 +242,9 @@ def test_enum_is_exact(tiny):
         np.testing.assert_allclose(g, np.broadcast_to(e, g.shape), rtol=1e-4, atol=1e-4)
 
 
+# Three nested levels of enumeration through AIR's whole program (10 s to compile); the fast suite has
+# test_enum_is_exact (two levels) and tests/inference/test_enum_nested.py (three chained sites).
+@pytest.mark.slow
 def test_enum_is_exact_over_three_presence_sites():
     """Three nested sums (8 patterns; 2 canvases of pixels per pattern were the costly part) against brute force."""
     config = AIRConfig(canvas=5, window=3, steps=3, what=2, hidden=4, mlp=4, pres_prior=0.6)
