@@ -96,7 +96,7 @@ def test_example_fit_eval_sample_report_and_resume(name, gendsl_cli, tmp_path, m
         from gendsl.cli._trained import open_trained
 
         run = open_trained(str(prog), str(whole), "test")
-        test = run.setup.data.test[:40]
+        test = jax.tree_util.tree_map(lambda a: a[:40], run.setup.data.test)  # (images, augmentation indices)
         expected = float(run.params.bits_per_dim(jax.random.key(0), test, samples=10))
         assert run.meta["weights"] == "ema" and json.loads((whole / "eval.json").read_text())["points"] == 40
         np.testing.assert_allclose(metrics["bits_per_dim"]["value"], expected, rtol=1e-5)
