@@ -12,6 +12,7 @@ _SOURCES = {
     **dict.fromkeys(["Trainable", "density_metrics", "divergence_options", "mean_and_error", "mmd_with_error"],
                     "_protocol"),
     **dict.fromkeys(["AIR", "AIRConfig", "make_air"], "air"),
+    "CVAE": "cvae",
     **dict.fromkeys(["DDPM", "discretized_gaussian_log_prob", "linear_alpha_bar", "vp_forward", "vp_reverse"], "ddpm"),
     "DiffuseVAE": "diffusevae",
     "EDM": "edm",
@@ -47,6 +48,8 @@ __all__ = [
     "AIR",
     "AIRConfig",
     "make_air",
+    # conditional VAEs (Sohn et al. 2015)
+    "CVAE",
     # diffusion models
     "DDPM",
     "DiffuseVAE",
