@@ -24,6 +24,7 @@ __all__ = [
     "INFER_LOOP",
     "INFER_LOOP_REVERSE",
     "INFER_STRATEGY",
+    "KEEP_FN",
     "LOOP_EXTRAS",
     "LOOP_STEPS",
     "POST",
@@ -42,6 +43,9 @@ STOP_GRADIENT = "gendsl_stop_gradient"
 #: site is sampled inside the loop; a hook may replace ``msg["value"]`` or ``msg["fn"]``, and
 #: what it returns is stacked over steps and handed back as ``LOOP_EXTRAS``.
 POST = "gendsl_post"
+#: In a loop probe: keep each step's distribution; the replayed site's ``ScanSite`` then holds
+#: them stacked over steps (``ScanSite.step_fn``). Off unless asked: it adds loop outputs.
+KEEP_FN = "gendsl_keep_fn"
 #: In a loop site's message after the loop: the stacked values its ``POST`` hooks returned.
 LOOP_EXTRAS = "gendsl_loop_extras"
 #: NumPyro's own marker of a site replayed after control flow (``substitute`` and

@@ -42,6 +42,7 @@ from gendsl._messages import (
     CONTROL_FLOW_DONE,
     INFER_LOOP,
     INFER_LOOP_REVERSE,
+    KEEP_FN,
     LOOP_EXTRAS,
     LOOP_STEPS,
     POST,
@@ -109,14 +110,14 @@ def scan(
         frame = _ScanFrame(name, t, step_key, outer, sites)
         with frame:
             carry, y = body(carry, x)
-        return carry, (y, frame.values, frame.log_probs, frame.extras)
+        return carry, (y, frame.values, frame.log_probs, frame.extras, frame.fns)
 
     steps = jnp.arange(n)
-    carry, (ys, values, log_probs, extras) = jax.lax.scan(
+    carry, (ys, values, log_probs, extras, fns) = jax.lax.scan(
         step, init, (steps, xs), length=n, unroll=unroll, reverse=reverse
     )
     for site, meta in sites.items():
-        _replay_site(name, site, meta, values[site], log_probs.get(site), extras.get(site), reverse)
+        _replay_site(name, site, meta, values[site], log_probs.get(site), extras.get(site), reverse, fns.get(site))
     return carry, ys
 
 
@@ -219,6 +220,7 @@ class _ScanFrame(Messenger):
         self.values: dict[str, Any] = {}
         self.log_probs: dict[str, jax.Array] = {}
         self.extras: dict[str, Any] = {}
+        self.fns: dict[str, Any] = {}  # per-step distributions, only for sites whose probe set KEEP_FN
         self._unnamed = 0
 
     def loop_site(self, probe: dict) -> bool:
@@ -291,6 +293,10 @@ class _ScanFrame(Messenger):
             )
         if msg["is_observed"]:
             _check_observation(address, msg["value"], msg["fn"])
+        if probe.get(KEEP_FN):
+            # As drawn from: after the body's plates broadcast it, before a strategy's hook
+            # swaps in a copy with stopped parameters.
+            self.fns[msg["name"]] = msg["fn"]
 
     def postprocess_message(self, msg) -> None:
         kind = msg["type"]
@@ -327,6 +333,7 @@ class _ScanFrame(Messenger):
                 "is_observed": msg["is_observed"],
                 "infer": dict(msg["infer"]),
                 "support": fn.support,
+                "plates": tuple((f.name, f.dim) for f in msg.get("cond_indep_stack") or ()),
             },
         )
 
@@ -337,15 +344,24 @@ class ScanSite(Distribution):
     ``log_prob`` returns the log density computed inside the loop, where each
     step's distribution depended on earlier steps; it is only meaningful at the
     value the loop used, which is the value the replayed site carries.
+
+    Attributes:
+        step_fn: each step's distribution, its leaves stacked over steps (map over
+            axis 0, e.g. with ``jax.vmap``, to get one step's); None unless a handler
+            outside the loop asked for it (``Recorder(loop_distributions=True)``).
+        step_plates: the plates inside the loop body around the site and their
+            dimensions in one step's batch shape, as ``((plate, dim), ...)``.
     """
 
-    pytree_data_fields = ("value", "step_log_prob")
-    pytree_aux_fields = ("_support",)
+    pytree_data_fields = ("value", "step_log_prob", "step_fn")
+    pytree_aux_fields = ("_support", "step_plates")
 
-    def __init__(self, value, step_log_prob, support):
+    def __init__(self, value, step_log_prob, support, step_fn=None, step_plates=()):
         self.value = value
         self.step_log_prob = step_log_prob
         self._support = support
+        self.step_fn = step_fn
+        self.step_plates = step_plates
         batch_ndim = jnp.ndim(step_log_prob)
         shape = jnp.shape(value)
         super().__init__(batch_shape=shape[:batch_ndim], event_shape=shape[batch_ndim:])
@@ -362,7 +378,8 @@ class ScanSite(Distribution):
 
 
 def _replay_site(
-    loop: str, name: str, meta: dict, value: Any, log_prob: Any, extras: Any = None, reverse: bool = False
+    loop: str, name: str, meta: dict, value: Any, log_prob: Any, extras: Any = None, reverse: bool = False,
+    step_fn: Any = None,
 ) -> None:
     """Send one loop site, stacked over steps, through the handlers outside the loop."""
     if not _PYRO_STACK:
@@ -381,7 +398,7 @@ def _replay_site(
     msg = {
         "type": "sample",
         "name": address,
-        "fn": ScanSite(value, log_prob, meta["support"]),
+        "fn": ScanSite(value, log_prob, meta["support"], step_fn, meta["plates"]),
         "args": (),
         "kwargs": {"rng_key": None, "sample_shape": ()},
         "value": value,

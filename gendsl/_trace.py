@@ -25,6 +25,7 @@ from numpyro.distributions import ImproperUniform
 from numpyro.primitives import Messenger
 
 from gendsl._errors import AddressError, GendslError, NoKeyError, ObservationError
+from gendsl._messages import KEEP_FN
 
 # An identity that marks one site's log density as one cost term. Estimators that pair score
 # functions with the costs depending on them (gendsl.inference) then count a site's whole log
@@ -158,7 +159,8 @@ class Trace(eqx.Module):
         any ``handlers.mask`` applied (a ``MaskedDistribution``), before a gradient strategy
         stopped its parameters; ``scale`` is the site's scale (``handlers.scale`` times a
         subsampled plate's size / subsample size), or None. A site of a ``gendsl.scan`` loop
-        has a ``ScanSite`` stand-in holding the stacked log density.
+        has a ``ScanSite`` stand-in holding the stacked log density (and, from a
+        ``Recorder(loop_distributions=True)``, each step's distribution).
 
         Raises:
             AddressError: no sample site at ``address``.
@@ -205,10 +207,17 @@ class Recorder(Messenger):
 
     Sits outermost in gendsl's entry points, so it sees each message after
     plates have broadcast the distribution and after substitution and seeding.
+
+    Args:
+        loop_distributions: also keep each step's distribution of the sites of
+            ``gendsl.scan`` loops (``ScanSite.step_fn``). Off by default: it adds the
+            distributions' parameters to the loop's outputs, which the objectives do
+            not need; ``gendsl.diagnostics`` turns it on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, loop_distributions: bool = False) -> None:
         super().__init__()
+        self.loop_distributions = loop_distributions
         self.values: dict[str, Any] = {}
         self.log_probs: dict[str, jax.Array] = {}
         self.observed: list[str] = []
@@ -220,6 +229,11 @@ class Recorder(Messenger):
         self.param_decls: dict[str, tuple] = {}
         self.distributions: dict[str, tuple] = {}
         self._drawn_from: dict[str, tuple] = {}
+
+    def loop_site(self, probe) -> None:
+        """Asks a ``gendsl.scan`` loop for its sites' per-step distributions, if ``loop_distributions``."""
+        if self.loop_distributions:
+            probe[KEEP_FN] = True
 
     def process_message(self, msg) -> None:
         if msg["type"] != "sample":
