@@ -33,6 +33,7 @@ optionally:
   strategies   {address pattern: strategy} for guide sites, e.g. {"z": "enum"}
   defaults     {option: value} for the options below, e.g. {"steps": 3000, "lr": 3e-3}
   image_shape  e.g. (28, 28): `gendsl sample` then draws an image grid
+  conditions   the data's dict keys the model is conditioned on, e.g. ("y",): `gendsl sample --cond y=3`
 See docs/fit.md."""
 
 EXIT_HELP = """\
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance-scale", type=_nonnegative, default=None, metavar="W",
                         help="a class-conditional Trainable run: classifier-free guidance weight W (its `guidance` "
                              "option; 0: none, the default)")
+    sample.add_argument("--cond", type=_condition, action="append", default=None, metavar="NAME=VALUE",
+                        help="set a conditioning input that the program declares (`conditions`) for every draw, "
+                             "e.g. --cond y=3 (repeatable; comma-separated numbers for a vector)")
     sample.add_argument("--raw", action="store_true",
                         help="use the trained parameters (params.npz), not their EMA (ema_params.npz, the default "
                              "for runs fitted with --ema)")
@@ -233,6 +237,13 @@ def _natural(text):
         return natural_int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _condition(text):
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE such as y=3, got {text!r}")
+    return name.strip(), value.strip()
 
 
 def _shape(text):

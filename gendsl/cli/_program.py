@@ -11,8 +11,10 @@ that defines
 * optionally ``objective`` (a name such as ``"iwelbo"``, a factory
   ``objective(model, guide, particles=K)``, or a ready ``Expectation``),
   ``strategies`` (``{address pattern: strategy}`` applied to the guide),
-  ``defaults`` (``{option: value}`` for the command-line options) and
-  ``image_shape`` (e.g. ``(28, 28)``, for sample grids).
+  ``defaults`` (``{option: value}`` for the command-line options),
+  ``image_shape`` (e.g. ``(28, 28)``, for sample grids) and ``conditions``
+  (the keys of a dict of data that the model is conditioned on, e.g. ``("y",)``
+  for a class-conditional model; ``gendsl sample --cond y=3`` sets them).
 
 The model and the guide are called as ``model(data)`` and ``guide(data)``; the
 data is an array or a pytree (dict, tuple) of arrays. With ``--batch-size``,
@@ -30,6 +32,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -43,7 +46,8 @@ import numpy as np
 import gendsl
 from gendsl.cli._errors import CLIError, describe
 
-__all__ = ["Data", "Kind", "Program", "find_kind", "load_program", "load_data", "find_models", "leading_size", "take"]
+__all__ = ["Data", "Kind", "Program", "condition", "find_kind", "load_program", "load_data", "find_models",
+           "leading_size", "take"]
 
 
 @dataclasses.dataclass
@@ -269,6 +273,58 @@ def leading_size(tree, program_path: str, what: str = "training data") -> int:
 def take(tree, idx):
     """Rows ``idx`` of every leaf."""
     return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+
+def _declared_conditions(program: Program, data) -> tuple[str, ...]:
+    declared = program.get("conditions")
+    if declared is None:
+        return ()
+    if isinstance(declared, str) or not all(isinstance(n, str) for n in declared):
+        raise CLIError(f"{program.path}: `conditions` must be a tuple of the data's dict keys, e.g. (\"y\",); "
+                       f"got {declared!r}")
+    missing = [n for n in declared if not isinstance(data, Mapping) or n not in data]
+    if missing:
+        keys = ", ".join(map(str, data)) if isinstance(data, Mapping) else f"not a dict ({type(data).__name__})"
+        raise CLIError(f"{program.path}: `conditions` names {', '.join(missing)}, which the data lacks (its keys: "
+                       f"{keys})")
+    return tuple(declared)
+
+
+def condition(program: Program, data, values: Mapping[str, str]):
+    """``data`` with each conditioning input named in ``values`` set to that value at every data point.
+
+    A program declares its conditioning inputs as ``conditions = ("y", ...)``: keys of its dict of
+    data that the model reads but does not observe (a class label, the top half of an image).
+    A value is a number, or comma-separated numbers for a vector per data point; it is cast to
+    the leaf's dtype and broadcast over the leaf's leading (data point) axis.
+
+    Raises:
+        CLIError: the program declares no conditions, a name it does not declare, or a value that
+            is not a number or does not fit the leaf's shape (one line naming the conditions).
+    """
+    declared = _declared_conditions(program, data)
+    if values and not declared:
+        raise CLIError(f"--cond {next(iter(values))}: {program.path} is not conditional (it declares no "
+                       "`conditions`, the data keys its model is conditioned on)")
+    out = dict(data) if values else data
+    for name, text in values.items():
+        if name not in declared:
+            raise CLIError(f"--cond {name}={text}: {program.path} has no conditioning input {name!r}; its "
+                           f"conditions: {', '.join(declared)}")
+        leaf = jnp.asarray(data[name])
+        try:
+            value = np.array([float(v) for v in text.split(",")])
+        except ValueError:
+            raise CLIError(f"--cond {name}={text}: expected a number, or comma-separated numbers") from None
+        per_point = leaf.shape[1:]
+        if value.size not in (1, math.prod(per_point)):
+            raise CLIError(f"--cond {name}={text}: {value.size} numbers, but {name} has {math.prod(per_point)} per "
+                           f"data point (shape {per_point})")
+        if jnp.issubdtype(leaf.dtype, jnp.integer) and not np.all(value == np.round(value)):
+            raise CLIError(f"--cond {name}={text}: {name} holds integers ({leaf.dtype})")
+        out[name] = jnp.broadcast_to(jnp.asarray(value.reshape(per_point if value.size > 1 else ()), leaf.dtype),
+                                     leaf.shape)
+    return out
 
 
 # ----------------------------------------------------------------------------- model and guide

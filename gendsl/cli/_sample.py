@@ -6,7 +6,9 @@ VAE: new images). ``--from posterior`` draws the latents from the guide given
 the training data and then the observations (for a VAE: reconstructions of the
 first ``N`` training images; for eight schools: posterior predictive draws). A NUTS run
 (``gendsl fit --method nuts``) draws posterior predictive data from its posterior draws by
-default (``_posterior_run``).
+default (``_posterior_run``). ``--cond name=value`` sets a conditioning input that the program
+declares (``conditions = ("y",)``) at every draw: ``--cond y=3`` draws threes from a
+class-conditional VAE (``_program.condition``).
 
 Writes ``samples.npz`` (every site, a leading axis of draws; addresses with
 ``/`` are saved with ``.``) and, when the observations are images (the
@@ -28,7 +30,7 @@ import numpy as np
 from gendsl import handlers
 from gendsl.cli._errors import CLIError
 from gendsl.cli._posterior_run import is_nuts_run, sample_posterior
-from gendsl.cli._program import take
+from gendsl.cli._program import condition, take
 from gendsl.cli._report import png
 from gendsl.cli._runfolder import RunFolder
 from gendsl.cli._trained import open_trained
@@ -47,13 +49,19 @@ def _site_values(trace, observed):
 
 def sample(args) -> int:
     """Run ``gendsl sample``; returns the exit code."""
+    conds = dict(getattr(args, "cond", None) or [])
     if is_nuts_run(args.run):
+        if conds:
+            raise CLIError("--cond: this is a NUTS run (posterior draws of the data it was fitted to): drop it")
         if getattr(args, "raw", False):
             raise CLIError("--raw: this is a NUTS run (posterior draws, no parameters): drop it")
         return sample_posterior(args)
     run = open_trained(args.program, args.run, args.data, raw=getattr(args, "raw", False))
     setup, params = run.setup, run.params
     if setup.kind.kind != "vi":
+        if conds:
+            raise CLIError(f"--cond: applies to a program with a model and a guide; {args.program} trains a "
+                           f"{setup.kind.kind}: drop it (a class-conditional Trainable takes --class)")
         return _sample_direct(args, run)
     for flag, value, _ in _TRAINABLE_FLAGS(args):
         if value is not None:
@@ -79,19 +87,20 @@ def sample(args) -> int:
         # One execution over N data points: each point gets its own latents and observation.
         if kind == "posterior" and n > setup.n_train:
             raise CLIError(f"-n {n}: --from posterior reconstructs training points; there are {setup.n_train}")
-        template = take(setup.data.train, jnp.arange(n) % setup.n_train)
+        template = condition(setup.program, take(setup.data.train, jnp.arange(n) % setup.n_train), conds)
         values, means = setup.program.call("in the model", jax.jit(draw), key, template)
     else:
         keys = jax.random.split(key, n)
         values, means = setup.program.call("in the model", jax.jit(jax.vmap(draw, in_axes=(0, None))), keys,
-                                           setup.data.train)
+                                           condition(setup.program, setup.data.train, conds))
     out = RunFolder(args.out) if args.out else run.folder
     out.create()
     arrays = {name.replace("/", "."): np.asarray(v) for name, v in values.items()}
     arrays.update({f"{name.replace('/', '.')}.mean": np.asarray(v) for name, v in means.items()})
     npz = out.write_with(RunFolder.SAMPLES, lambda f: np.savez(f, **arrays))
+    given = "".join(f", {name}={value}" for name, value in conds.items())
     print(f"{n} draws from the {'prior' if kind == 'prior' else 'posterior'} of the trained model "
-          f"(step {run.meta.get('step')}) -> {npz}")
+          f"(step {run.meta.get('step')}{given}) -> {npz}")
     for name, v in values.items():
         v = np.asarray(v)
         kind_ = "observed" if name in observed else "latent"
@@ -100,7 +109,7 @@ def sample(args) -> int:
         shape = _image_shape(setup.program.get("image_shape"), means.get(name, values[name]), args.image_shape)
         if shape is not None:
             png = _grid(np.asarray(means.get(name, values[name])), shape, out,
-                  f"{os.path.basename(args.program)}: {n} {kind} draws of '{name}'"
+                  f"{os.path.basename(args.program)}: {n} {kind} draws of '{name}'{given.replace(',', ' given', 1)}"
                   + (" (means)" if name in means else ""))
             print(f"image grid of '{name}' -> {png}")
             break
