@@ -301,6 +301,16 @@ def condition(program: Program, data, values: Mapping[str, str]):
     Raises:
         CLIError: the program declares no conditions, a name it does not declare, or a value that
             is not a number or does not fit the leaf's shape (one line naming the conditions).
+
+    Example:
+        >>> import types, jax.numpy as jnp
+        >>> program = Program("cvae.py", types.SimpleNamespace(conditions=("y",)), "")
+        >>> data = {"x": jnp.zeros((3, 64)), "y": jnp.array([0, 1, 2])}
+        >>> condition(program, data, {"y": "3"})["y"]
+        Array([3, 3, 3], dtype=int32)
+        >>> condition(program, data, {"label": "3"})
+        Traceback (most recent call last):
+        gendsl.cli._errors.CLIError: --cond label=3: cvae.py has no conditioning input 'label'; its conditions: y
     """
     declared = _declared_conditions(program, data)
     if values and not declared:
