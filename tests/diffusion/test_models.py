@@ -69,6 +69,9 @@ def test_vdm_objective_is_the_mean_per_point_elbo():
     assert abs(ma - mb) < 4 * np.hypot(sa, sb), (ma, sa, mb, sb)
 
 
+# The limits p_uncond = 0 and 1; test_cfg_drops_each_label_with_probability_p_uncond (fast) checks every
+# execution at p_uncond = 0.3 against both of them.
+@pytest.mark.slow
 def test_cfg_condition_dropout():
     """p_uncond = 1 trains the unconditional model (every label replaced by the null token); p_uncond = 0 the
     conditional one. The dropout draws from its own address, so the simple objective's draws are unchanged."""

@@ -265,6 +265,9 @@ def test_batched_site_in_plate(plate_grads, strategy):
     assert_unbiased(draws[str(strategy)], exact)
 
 
+# Four strategies in one program under particles (4 s); each strategy under particles is checked fast in
+# tests/inference/test_particle_layout.py and test_objectives.py.
+@pytest.mark.slow
 def test_mixed_strategies_under_particles():
     @gendsl.model
     def q(p):
