@@ -75,6 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
+from _common import cpu_name
 from numpyro.contrib.module import eqx_module
 from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
 
@@ -330,17 +331,6 @@ def hlo_big_ops(fn, args, min_size):
         if size >= min_size and m.group(2) not in ("parameter", "constant", "bitcast"):
             counts[m.group(2)] += 1
     return counts
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def num(v: float) -> str:
